@@ -1,0 +1,7 @@
+"""The medattn3d networks: models only, no I/O or training code."""
+
+from medattn3d.networks.attention_unet import AttentionUNet
+from medattn3d.networks.ms_guided_attention import MultiScaleGuidedAttentionNet
+from medattn3d.networks.registry import NETWORKS, get_network
+
+__all__ = ["NETWORKS", "AttentionUNet", "MultiScaleGuidedAttentionNet", "get_network"]

@@ -1,0 +1,124 @@
+"""Guided attention of Sinha & Dolz (2021): a shared encoder-decoder guides per-scale position/channel attention."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import Conv, Pool
+from torch import nn
+
+from medattn3d.networks.blocks.conv import DoubleConv
+from medattn3d.networks.blocks.dual_attention import AttentionBranch
+
+
+class SemanticEncoderDecoder(nn.Module):
+    """Two-level encoder-decoder (the authors' ``semanticModule``): returns ``(latent, reconstruction)``.
+
+    Encoder: (double 3x3 conv-norm-ReLU, 2x max-pool) twice, widths C -> 2C -> 4C; decoder: (double conv,
+    2x transposed conv) twice back to C at the input size. The latent code is the deepest map, the quantity the
+    guided loss ties between refinement steps; the reconstruction is compared with the input by the
+    reconstruction loss. Convolutions are padded (the blog version's unpadded ones cannot reproduce the input
+    shape), so inputs need sizes divisible by 4.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, norm: str | tuple = "batch") -> None:
+        super().__init__()
+        pool = Pool[Pool.MAX, spatial_dims]
+        act = ("relu", {"inplace": True})
+        self.encoder = nn.Sequential(
+            DoubleConv(spatial_dims, channels, 2 * channels, norm=norm, act=act, bias=True),
+            pool(kernel_size=2, stride=2),
+            DoubleConv(spatial_dims, 2 * channels, 4 * channels, norm=norm, act=act, bias=True),
+            pool(kernel_size=2, stride=2),
+        )
+        self.decoder = nn.Sequential(
+            DoubleConv(spatial_dims, 4 * channels, 2 * channels, norm=norm, act=act, bias=True),
+            Convolution(
+                spatial_dims,
+                2 * channels,
+                2 * channels,
+                strides=2,
+                kernel_size=2,
+                is_transposed=True,
+                conv_only=True,
+                padding=0,
+                output_padding=0,
+            ),
+            DoubleConv(spatial_dims, 2 * channels, channels, norm=norm, act=act, bias=True),
+            Convolution(
+                spatial_dims,
+                channels,
+                channels,
+                strides=2,
+                kernel_size=2,
+                is_transposed=True,
+                conv_only=True,
+                padding=0,
+                output_padding=0,
+            ),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent = self.encoder(x)
+        return latent, self.decoder(latent)
+
+
+class GuidedAttentionModule(nn.Module):
+    """One scale of one refinement step: ``conv1x1((PAM(A) + CAM(A)) * conv3x3(reconstruction))``.
+
+    ``A`` is the concatenation ``[F_s, guide]`` (2C channels); the reconstruction comes from the step's shared
+    :class:`SemanticEncoderDecoder` applied to the same ``A``.
+    """
+
+    def __init__(
+        self, spatial_dims: int, channels: int, norm: str | tuple = "batch", act: str | tuple = "prelu"
+    ) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.position = AttentionBranch(spatial_dims, 2 * channels, channels, position=True, norm=norm, act=act)
+        self.channel = AttentionBranch(spatial_dims, 2 * channels, channels, position=False, norm=norm, act=act)
+        self.semantic_projection = conv(2 * channels, channels, kernel_size=3, padding=1)
+        self.output = conv(channels, channels, kernel_size=1)
+
+    def forward(self, stacked: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        attended = self.position(stacked) + self.channel(stacked)
+        return self.output(attended * self.semantic_projection(reconstruction))
+
+
+class GuidedRefinementStep(nn.Module):
+    """One refinement step over all scales: one encoder-decoder shared by the scales, one attention module each.
+
+    ``forward(scale_features, guides)`` takes per-scale ``F_s`` and guides (``F_ms`` in the first step,
+    ``att_s * F_ms`` afterwards) and returns per-scale attention features, latents, encoder-decoder inputs and
+    reconstructions (lists, one entry per scale).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        num_scales: int,
+        norm: str | tuple = "batch",
+        act: str | tuple = "prelu",
+    ) -> None:
+        super().__init__()
+        self.semantic = SemanticEncoderDecoder(spatial_dims, 2 * channels, norm=norm)
+        self.modules_per_scale = nn.ModuleList(
+            GuidedAttentionModule(spatial_dims, channels, norm=norm, act=act) for _ in range(num_scales)
+        )
+
+    def forward(
+        self, scale_features: list[torch.Tensor], guides: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        attended: list[torch.Tensor] = []
+        latents: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []
+        reconstructions: list[torch.Tensor] = []
+        for i, module in enumerate(self.modules_per_scale):
+            stacked = torch.cat([scale_features[i], guides[i]], dim=1)
+            latent, reconstruction = self.semantic(stacked)
+            attended.append(module(stacked, reconstruction))
+            latents.append(latent)
+            inputs.append(stacked)
+            reconstructions.append(reconstruction)
+        return attended, latents, inputs, reconstructions

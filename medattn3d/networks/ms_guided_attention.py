@@ -1,0 +1,168 @@
+"""Multi-scale self-guided attention network (Sinha & Dolz, IEEE JBHI 2021, arXiv 1906.02849) in 2D and 3D."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import Conv
+from torch import nn
+
+from medattn3d.networks.blocks import GuidedRefinementStep
+from medattn3d.networks.blocks.resnet_encoder import ResNetEncoder, load_backbone_weights
+from medattn3d.networks.utils import check_input, kaiming_init, linear_mode, resize_to
+
+TRAIN_OUTPUT_KEYS = ("logits", "scale_logits", "latents", "reconstruction_inputs", "reconstructions")
+
+
+class MultiScaleGuidedAttentionNet(nn.Module):
+    """ResNet features at four scales, fused into ``F_ms`` and refined per scale by guided attention.
+
+    Each scale ``s`` of the ResNet encoder is projected to ``feature_channels`` (1x1 conv-norm-act) and resampled to
+    the finest scale (1/4 of the input); ``F_ms`` fuses the four (3x3, 3x3, 1x1 conv-norm-act). Refinement step 1
+    feeds ``[F_s, F_ms]`` and every later step ``[F_s, att_s * F_ms]`` to position + channel attention, multiplied
+    by the output of an encoder-decoder shared by the scales of that step. 1x1 heads predict from every ``F_s``
+    and from the last step's attention features; the output is the mean of the last step's predictions.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels (classes, background included).
+        backbone: ResNet depth name (``resnet10`` ... ``resnet200``); the paper uses ResNet-101 (its code
+            ResNeXt-101); ``resnet50`` keeps its 256..2048 stage widths at a fraction of the cost.
+        backbone_widths: the ResNet's four stage widths (default 64, 128, 256, 512).
+        feature_channels: width ``C`` of the per-scale and fused features (64 in the paper).
+        num_steps: refinement steps (2 in the paper); each adds a guided-loss pair per scale.
+        norm: MONAI norm spec for every block.
+        act: MONAI activation spec of the projections and attention branches (PReLU in the paper).
+        pretrained_backbone: optional local file with ResNet weights (e.g. MedicalNet for 3D, 1 input channel).
+
+    Input sizes must be multiples of 16 (the encoder-decoder halves the 1/4-scale map twice).
+
+    In ``eval()`` ``forward`` returns the logits ``(B, out_channels, *input_size)``. In ``train()`` it returns a
+    dict of lists of tensors (all lists step-major: entry ``k * num_scales + s`` is step ``k``, scale ``s``):
+
+    - ``logits``: ``[mean of the last step's predictions]`` at input size;
+    - ``scale_logits``: the ``num_scales`` predictions from ``F_s``, then the ``num_scales`` from the last step,
+      at input size (the paper's eight deeply supervised outputs);
+    - ``latents``: the encoder-decoder's deepest maps, ``num_steps * num_scales`` (guided loss: step k vs k+1);
+    - ``reconstruction_inputs`` / ``reconstructions``: the encoder-decoder inputs and outputs (reconstruction loss).
+
+    ``forward_with_attention(x)`` returns ``(logits, maps)``, ``maps`` step-major per scale, each
+    ``(B, 1, *finest_feature_size)``: the channel-mean magnitude of the guided attention output, scaled to [0, 1]
+    per sample.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        backbone: str = "resnet50",
+        backbone_widths: Sequence[int] | None = None,
+        feature_channels: int = 64,
+        num_steps: int = 2,
+        norm: str | tuple = "batch",
+        act: str | tuple = "prelu",
+        pretrained_backbone: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.multiples = [16] * spatial_dims
+        self.mode = linear_mode(spatial_dims)
+        self.encoder = ResNetEncoder(spatial_dims, in_channels, backbone, backbone_widths, norm=norm)
+        self.num_scales = len(self.encoder.out_channels)
+        self.num_steps = num_steps
+        c = feature_channels
+        self.reduce = nn.ModuleList(
+            Convolution(spatial_dims, ch, c, kernel_size=1, norm=norm, act=act) for ch in self.encoder.out_channels
+        )
+        self.fuse = nn.Sequential(
+            Convolution(spatial_dims, c * self.num_scales, c, kernel_size=3, norm=norm, act=act),
+            Convolution(spatial_dims, c, c, kernel_size=3, norm=norm, act=act),
+            Convolution(spatial_dims, c, c, kernel_size=1, norm=norm, act=act),
+        )
+        self.steps = nn.ModuleList(
+            GuidedRefinementStep(spatial_dims, c, self.num_scales, norm=norm, act=act) for _ in range(num_steps)
+        )
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.initial_heads = nn.ModuleList(conv(c, out_channels, kernel_size=1) for _ in range(self.num_scales))
+        self.final_heads = nn.ModuleList(conv(c, out_channels, kernel_size=1) for _ in range(self.num_scales))
+        for name, child in self.named_children():
+            if name != "encoder":  # MONAI's ResNet initialises itself (Kaiming convs)
+                kaiming_init(child)
+        if pretrained_backbone is not None:
+            load_backbone_weights(self.encoder.resnet, pretrained_backbone)
+
+    def _refine(
+        self, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per-scale features, then step-major attention features, latents, encoder-decoder inputs, outputs."""
+        check_input(x, "MultiScaleGuidedAttentionNet", self.in_channels, self.spatial_dims, self.multiples)
+        features = self.encoder(x)
+        finest = list(features[0].shape[2:])
+        scale_features: list[torch.Tensor] = []
+        for i, reduce in enumerate(self.reduce):
+            scale_features.append(resize_to(reduce(features[i]), finest, self.mode))
+        fused = self.fuse(torch.cat(scale_features, dim=1))
+        guides = [fused for _ in scale_features]
+        attended: list[torch.Tensor] = []
+        latents: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []
+        reconstructions: list[torch.Tensor] = []
+        for step in self.steps:
+            step_attended, step_latents, step_inputs, step_recons = step(scale_features, guides)
+            guides = [a * fused for a in step_attended]
+            attended += step_attended
+            latents += step_latents
+            inputs += step_inputs
+            reconstructions += step_recons
+        return scale_features, attended, latents, inputs, reconstructions
+
+    def _final_logits(self, attended: list[torch.Tensor], size: list[int]) -> torch.Tensor:
+        """Mean of the last step's per-scale predictions, upsampled once (averaging commutes with interpolation)."""
+        last = attended[len(attended) - self.num_scales :]
+        logits: list[torch.Tensor] = []
+        for i, head in enumerate(self.final_heads):
+            logits.append(head(last[i]))
+        return resize_to(torch.stack(logits, dim=0).mean(dim=0), size, self.mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, list[torch.Tensor]]:
+        size = list(x.shape[2:])
+        scale_features, attended, latents, inputs, reconstructions = self._refine(x)
+        if not self.training:
+            return self._final_logits(attended, size)
+        last = attended[len(attended) - self.num_scales :]
+        scale_logits: list[torch.Tensor] = []
+        for i, head in enumerate(self.initial_heads):
+            scale_logits.append(resize_to(head(scale_features[i]), size, self.mode))
+        final: list[torch.Tensor] = []
+        for i, head in enumerate(self.final_heads):
+            final.append(resize_to(head(last[i]), size, self.mode))
+        return {
+            "logits": [torch.stack(final, dim=0).mean(dim=0)],
+            "scale_logits": scale_logits + final,
+            "latents": latents,
+            "reconstruction_inputs": inputs,
+            "reconstructions": reconstructions,
+        }
+
+    @torch.jit.export
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Eval-mode logits and one [0, 1] attention map per (step, scale), step-major."""
+        _, attended, _, _, _ = self._refine(x)
+        maps: list[torch.Tensor] = []
+        for a in attended:
+            magnitude = a.abs().mean(dim=1, keepdim=True)
+            flat = magnitude.flatten(1)
+            low = flat.amin(dim=1).view([-1] + [1] * (magnitude.dim() - 1))
+            high = flat.amax(dim=1).view([-1] + [1] * (magnitude.dim() - 1))
+            maps.append((magnitude - low) / (high - low).clamp_min(1e-12))
+        return self._final_logits(attended, list(x.shape[2:])), maps

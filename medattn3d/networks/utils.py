@@ -1,0 +1,67 @@
+"""Small helpers shared by the networks: input checks with actionable messages, resampling, init."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def linear_mode(spatial_dims: int) -> str:
+    """The (bi/tri)linear interpolation mode name for ``spatial_dims`` (1, 2 or 3)."""
+    return {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
+
+
+def resize_to(x: torch.Tensor, size: list[int], mode: str) -> torch.Tensor:
+    """Resample ``x`` to the spatial ``size`` (no-op when it already has it)."""
+    if list(x.shape[2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def check_input(x: torch.Tensor, network: str, in_channels: int, spatial_dims: int, multiples: list[int]) -> None:
+    """Raise ``ValueError`` naming the axis and the multiple needed when ``x`` cannot go through ``network``.
+
+    Written for TorchScript (no f-strings with format specs, plain loops) so scripted models keep the message.
+    """
+    if x.dim() != spatial_dims + 2:
+        raise ValueError(
+            f"{network}: expected a {spatial_dims + 2}D batch (B, C, {spatial_dims} spatial dims) "
+            f"but got shape {list(x.shape)}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{network}: expected {in_channels} input channel(s) but the input has {x.shape[1]} (shape {list(x.shape)})"
+        )
+    for axis in range(spatial_dims):
+        size = x.shape[axis + 2]
+        multiple = multiples[axis]
+        if size % multiple != 0:
+            upper = (size // multiple + 1) * multiple
+            raise ValueError(
+                f"{network}: spatial axis {axis} has size {size}, which is not a multiple of {multiple} "
+                f"(the network's total downsampling on that axis); pad it to {upper} "
+                f"(e.g. monai.transforms.DivisiblePad(k={multiples})) or crop it to a multiple of {multiple}"
+            )
+
+
+def stride_products(strides: Sequence[Sequence[int] | int], spatial_dims: int) -> list[int]:
+    """Per-axis product of a list of (scalar or per-axis) strides: the multiple every input size must have."""
+    total = [1] * spatial_dims
+    for stride in strides:
+        per_axis = [int(stride)] * spatial_dims if isinstance(stride, int) else [int(s) for s in stride]
+        if len(per_axis) != spatial_dims:
+            raise ValueError(f"stride {stride} has {len(per_axis)} entries, expected {spatial_dims}")
+        total = [t * s for t, s in zip(total, per_axis, strict=True)]
+    return total
+
+
+def kaiming_init(module: nn.Module) -> None:
+    """Kaiming-normal init of every conv weight and zero bias, as in both authors' code."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            nn.init.kaiming_normal_(m.weight, a=0.0, mode="fan_in")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

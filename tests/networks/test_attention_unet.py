@@ -1,0 +1,111 @@
+"""AttentionUNet: shapes, train/eval outputs, gradients, TorchScript, errors, attention maps."""
+
+import pytest
+import torch
+from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+from medattn3d.networks import AttentionUNet
+
+SMALL = {"channels": (4, 8, 16, 32), "strides": (2, 2, 2)}
+
+
+@pytest.mark.parametrize(
+    ("spatial_dims", "size", "strides"),
+    [
+        (2, (32, 32), (2, 2, 2)),
+        (2, (48, 24), (2, 2, 2)),
+        (3, (16, 16, 16), (2, 2, 2)),
+        (3, (24, 16, 8), (2, 2, 2)),
+        (3, (32, 32, 8), ((2, 2, 1), (2, 2, 2), (2, 2, 1))),  # anisotropic, e.g. thick-slice CT
+    ],
+)
+def test_output_shape_matches_input(spatial_dims, size, strides):
+    net = AttentionUNet(spatial_dims, 2, 3, channels=SMALL["channels"], strides=strides).eval()
+    with torch.no_grad():
+        y = net(torch.randn(2, 2, *size))
+    assert y.shape == (2, 3, *size)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_deep_supervision_output_feeds_monai_loss_and_gradients_reach_every_parameter(spatial_dims):
+    net = AttentionUNet(spatial_dims, 1, 3, **SMALL, deep_supervision=True, output_fusion=True, dropout=0.1)
+    x = torch.randn(2, 1, *([16] * spatial_dims))
+    outputs = net.train()(x)
+    assert isinstance(outputs, list) and len(outputs) == 3
+    assert [tuple(o.shape[2:]) for o in outputs] == [(16,) * spatial_dims, (8,) * spatial_dims, (4,) * spatial_dims]
+    # float labels, as MONAI loaders give: DeepSupervisionLoss resizes them with nearest-exact
+    label = torch.randint(0, 3, (2, 1, *([16] * spatial_dims))).float()
+    loss = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))(outputs, label)
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient reached {missing}"
+    assert isinstance(net.eval()(x), torch.Tensor)
+
+
+def test_deep_supr_num_limits_the_heads():
+    net = AttentionUNet(3, 1, 2, **SMALL, deep_supervision=True, deep_supr_num=1).train()
+    outputs = net(torch.randn(2, 1, 16, 16, 16))
+    assert len(outputs) == 2 and outputs[1].shape[2:] == (8, 8, 8)
+
+
+def test_without_deep_supervision_train_mode_returns_a_tensor():
+    net = AttentionUNet(2, 1, 2, **SMALL).train()
+    assert isinstance(net(torch.randn(2, 1, 16, 16)), torch.Tensor)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_torchscript_matches_eager(spatial_dims):
+    net = AttentionUNet(spatial_dims, 1, 2, **SMALL, deep_supervision=True, output_fusion=True).eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(1, 1, *([16] * spatial_dims))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-6)
+        eager_logits, eager_maps = net.forward_with_attention(x)
+        script_logits, script_maps = scripted.forward_with_attention(x)
+    assert torch.allclose(script_logits, eager_logits, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(script_maps, eager_maps, strict=True))
+
+
+def test_attention_maps_do_not_change_the_output():
+    net = AttentionUNet(3, 1, 2, channels=(4, 8, 16, 32, 64), strides=(2, 2, 2, 2), attention_heads=2).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        logits, maps = net.forward_with_attention(x)
+        assert torch.equal(logits, net(x))
+    assert [tuple(m.shape) for m in maps] == [(1, 2, 16, 16, 16), (1, 2, 8, 8, 8), (1, 2, 4, 4, 4)]
+    assert all(float(m.min()) >= 0 and float(m.max()) <= 1 for m in maps)
+
+
+def test_bad_input_size_names_axis_and_multiple():
+    net = AttentionUNet(3, 1, 2, **SMALL)
+    with pytest.raises(ValueError, match=r"spatial axis 2 has size 12, which is not a multiple of 8.*pad it to 16"):
+        net(torch.randn(1, 1, 16, 16, 12))
+
+
+def test_wrong_channel_count_and_rank_are_explained():
+    net = AttentionUNet(3, 2, 2, **SMALL)
+    with pytest.raises(ValueError, match=r"expected 2 input channel\(s\) but the input has 1"):
+        net(torch.randn(1, 1, 16, 16, 16))
+    with pytest.raises(ValueError, match=r"expected a 5D batch"):
+        net(torch.randn(2, 16, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channels": (4, 8), "strides": (2,)}, "at least 3 levels"),
+        ({"channels": (4, 8, 16), "strides": (2,)}, r"len\(strides\) must be"),
+        ({"channels": (4, 8, 16), "strides": (2, 2), "deep_supervision": True, "deep_supr_num": 3}, "deep_supr_num"),
+        ({"spatial_dims": 1}, "spatial_dims must be 2 or 3"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, message):
+    args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        AttentionUNet(**args)
+
+
+def test_kernel_size_reaches_every_double_conv():
+    net = AttentionUNet(2, 1, 2, **SMALL, kernel_size=5)
+    sizes = {m.kernel_size for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d) and "conv_" in n}
+    assert sizes == {(5, 5)}
