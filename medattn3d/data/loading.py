@@ -1,0 +1,162 @@
+"""Loading with checks: MONAI's LoadImage behind path checks, and content checks before any processing."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import ITKReader
+from monai.transforms import LoadImage, MapTransform
+
+from medattn3d.data.dicom import inspect_series
+from medattn3d.errors import InputError
+
+
+def source_path(data: Any) -> str:
+    """The file a loaded array came from (its ``filename_or_obj`` meta entry), or ``"<array>"``."""
+    meta = getattr(data, "meta", None) or {}
+    return str(meta.get("filename_or_obj", "<array>"))
+
+
+def load_volume(path: str | Path, series_uid: str | None = None, image_only: bool = True) -> Any:
+    """Read a NIfTI/NRRD/MHA file, a DICOM file or a DICOM series folder with MONAI's ``LoadImage``.
+
+    The reader is picked by what the path is: a folder is checked as one DICOM series (no gaps, one orientation;
+    ``series_uid`` picks one of several) and read with ITK; a file goes to MONAI's suffix-based reader choice.
+    Every failure is an :class:`InputError` naming the path.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        series = inspect_series(path, series_uid)
+        loader = LoadImage(reader=ITKReader(series_name=series.uid), image_only=image_only)
+    else:
+        if path.stat().st_size == 0:
+            raise InputError(path, "is an empty file")
+        loader = LoadImage(image_only=image_only)
+    try:
+        return loader(str(path))
+    except InputError:
+        raise
+    except Exception as err:  # readers raise many types; the user needs the file and the reason
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"cannot be read as an image ({reason[:300]})") from err
+
+
+class LoadVolumed(MapTransform):
+    """Dictionary version of :func:`load_volume` (drop-in for ``LoadImaged`` with clear errors)."""
+
+    def __init__(self, keys: KeysCollection, series_uid: str | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.series_uid = series_uid
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = load_volume(d[key], self.series_uid)
+        return d
+
+
+def _spatial_shape(array: Any, spatial_dims: int) -> tuple[int, ...]:
+    return tuple(int(s) for s in array.shape[:spatial_dims])
+
+
+class CheckVolumed(MapTransform):
+    """Reject volumes a network cannot use, naming the file: wrong rank, non-finite values, too small, and
+    labels whose shape, affine or values disagree with the image. Runs right after loading (arrays ``(X, Y, Z[, C])``).
+
+    Args:
+        image_key / label_key: keys of the image and (optional) label.
+        channels: expected image channels (a 4D image must have exactly this many in its last axis).
+        num_classes: labels must be integers in ``[0, num_classes)``; ``None`` skips the value check.
+        spatial_dims: 3 for volumes; 2 for plain 2D images.
+        min_size: smallest size per spatial axis, in voxels.
+        affine_tolerance: largest allowed absolute difference between image and label affines (mm).
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str | None = "label",
+        channels: int = 1,
+        num_classes: int | None = None,
+        spatial_dims: int = 3,
+        min_size: int = 4,
+        affine_tolerance: float = 1e-3,
+    ) -> None:
+        keys = [image_key] + ([label_key] if label_key else [])
+        super().__init__(keys, allow_missing_keys=True)
+        self.image_key, self.label_key = image_key, label_key
+        self.channels, self.num_classes = channels, num_classes
+        self.spatial_dims, self.min_size, self.affine_tolerance = spatial_dims, min_size, affine_tolerance
+
+    def _check_image(self, image: Any) -> None:
+        path, shape, dims = source_path(image), tuple(image.shape), self.spatial_dims
+        if len(shape) < dims:
+            raise InputError(path, f"is {len(shape)}D (shape {shape}) where a {dims}D volume is expected")
+        if len(shape) > dims + 1 or (len(shape) == dims + 1 and shape[-1] != self.channels):
+            raise InputError(
+                path,
+                f"is {len(shape)}D (shape {shape}) where a {dims}D volume with {self.channels} channel(s) is "
+                "expected (a time series or a multi-channel image?)",
+            )
+        if len(shape) == dims and self.channels != 1:
+            raise InputError(path, f"has 1 channel (shape {shape}) where {self.channels} are expected")
+        small = [i for i, s in enumerate(shape[:dims]) if s < self.min_size]
+        if small:
+            raise InputError(
+                path,
+                f"is too small: shape {shape[:dims]} has axis {small[0]} below the minimum of {self.min_size} voxels",
+            )
+        values = torch.as_tensor(image)
+        bad = int((~torch.isfinite(values)).sum()) if values.is_floating_point() else 0
+        if bad:
+            raise InputError(path, f"contains {bad} non-finite (NaN or Inf) intensities")
+
+    def _check_label(self, label: Any, image: Any) -> None:
+        path = source_path(label)
+        image_shape = _spatial_shape(image, self.spatial_dims)
+        label_shape = tuple(int(s) for s in label.shape)
+        if label_shape != image_shape and label_shape != (*image_shape, 1):
+            raise InputError(
+                path, f"label shape {label_shape} differs from its image's {image_shape} ({source_path(image)})"
+            )
+        image_affine, label_affine = getattr(image, "affine", None), getattr(label, "affine", None)
+        if image_affine is not None and label_affine is not None:
+            diff = float(np.abs(np.asarray(image_affine) - np.asarray(label_affine)).max())
+            if diff > self.affine_tolerance:
+                raise InputError(
+                    path,
+                    f"label affine differs from its image's ({source_path(image)}) by up to {diff:.3g} mm: "
+                    "they do not lie in the same space",
+                )
+        values = torch.unique(torch.as_tensor(label))
+        if values.is_floating_point() and not torch.equal(values, torch.round(values)):
+            raise InputError(
+                path, f"label holds non-integer values, e.g. {float(values[values != torch.round(values)][0])}"
+            )
+        if self.num_classes is not None:
+            outside = [int(v) for v in values if v < 0 or v >= self.num_classes]
+            if outside:
+                raise InputError(
+                    path,
+                    f"label values {outside[:10]} lie outside the {self.num_classes} classes 0..{self.num_classes - 1}",
+                )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        self._check_image(image)
+        if self.label_key and self.label_key in d:
+            self._check_label(d[self.label_key], image)
+        return d
+
+
+def describe_sources(data: Mapping[Hashable, Any], keys: Sequence[str]) -> str:
+    """Comma-separated source files of ``keys`` in ``data`` (for log lines)."""
+    return ", ".join(source_path(data[k]) if not isinstance(data[k], str) else data[k] for k in keys if k in data)
