@@ -1,0 +1,21 @@
+"""Data: checked loading, transform presets, manifests, the demo dataset and inverse-geometry output."""
+
+from medattn3d.data.demo import generate_demo_dataset
+from medattn3d.data.loading import CheckVolumed, LoadVolumed, load_volume
+from medattn3d.data.manifest import build_manifest, load_datalist, read_manifest
+from medattn3d.data.output import prediction_writer
+from medattn3d.data.transforms import ct_transforms, mri_transforms, segmentation_transforms
+
+__all__ = [
+    "CheckVolumed",
+    "LoadVolumed",
+    "build_manifest",
+    "ct_transforms",
+    "generate_demo_dataset",
+    "load_datalist",
+    "load_volume",
+    "mri_transforms",
+    "prediction_writer",
+    "read_manifest",
+    "segmentation_transforms",
+]
