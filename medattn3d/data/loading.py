@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,18 +36,27 @@ def load_volume(path: str | Path, series_uid: str | None = None, image_only: boo
         raise InputError(path, "file not found")
     if path.is_dir():
         series = inspect_series(path, series_uid)
-        loader = LoadImage(reader=ITKReader(series_name=series.uid), image_only=image_only)
-    else:
-        if path.stat().st_size == 0:
-            raise InputError(path, "is an empty file")
-        loader = LoadImage(image_only=image_only)
+        # ITK would pick its own notion of "the" series (GDCM splits and names series its own way), so it reads a
+        # folder holding links to exactly the checked files.
+        with tempfile.TemporaryDirectory(prefix="medattn3d-series-") as tmp:
+            for index, file in enumerate(series.files):
+                os.symlink(file.resolve(), Path(tmp) / f"{index:05d}_{file.name}")
+            image = _read(LoadImage(reader=ITKReader(), image_only=image_only), Path(tmp), path)
+        meta = image[1] if isinstance(image, tuple) else image.meta
+        meta["filename_or_obj"] = str(path)
+        return image
+    if path.stat().st_size == 0:
+        raise InputError(path, "is an empty file")
+    return _read(LoadImage(image_only=image_only), path, path)
+
+
+def _read(loader: LoadImage, source: Path, shown: Path) -> Any:
+    """Run ``loader`` on ``source``; any reader failure becomes an ``InputError`` naming ``shown``."""
     try:
-        return loader(str(path))
-    except InputError:
-        raise
+        return loader(str(source))
     except Exception as err:  # readers raise many types; the user needs the file and the reason
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise InputError(path, f"cannot be read as an image ({reason[:300]})") from err
+        raise InputError(shown, f"cannot be read as an image ({reason[:300]})") from err
 
 
 class LoadVolumed(MapTransform):

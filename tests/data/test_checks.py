@@ -1,0 +1,64 @@
+"""Content checks: each bad input is refused with the file and the problem named, before any processing."""
+
+import numpy as np
+import pytest
+
+from medattn3d.data.loading import CheckVolumed, load_volume
+from medattn3d.data.transforms import ct_transforms
+from medattn3d.errors import InputError, find_input_error
+from tests.helpers import save_nifti
+
+
+def _pair(tmp_path, image, label, image_affine=None, label_affine=None):
+    image_path = save_nifti(image, np.eye(4) if image_affine is None else image_affine, tmp_path / "img.nii.gz")
+    label_path = save_nifti(label, np.eye(4) if label_affine is None else label_affine, tmp_path / "lab.nii.gz")
+    return {"image": load_volume(image_path), "label": load_volume(label_path)}
+
+
+GOOD_IMAGE = np.zeros((16, 16, 8), np.float32)
+GOOD_LABEL = np.zeros((16, 16, 8), np.uint8)
+
+
+def test_good_pair_passes(tmp_path):
+    data = _pair(tmp_path, GOOD_IMAGE, GOOD_LABEL)
+    assert CheckVolumed(num_classes=2)(data)["image"] is data["image"]
+
+
+@pytest.mark.parametrize(
+    ("image", "label", "kwargs", "message"),
+    [
+        (np.full((16, 16, 8), np.nan, np.float32), GOOD_LABEL, {}, r"img.nii.gz: contains 2048 non-finite"),
+        (np.zeros((16, 16, 8, 3), np.float32), GOOD_LABEL, {}, r"img.nii.gz: is 4D \(shape \(16, 16, 8, 3\)\)"),
+        (np.zeros((16, 16, 2), np.float32), np.zeros((16, 16, 2), np.uint8), {}, r"is too small: shape \(16, 16, 2\)"),
+        (GOOD_IMAGE, np.zeros((16, 16, 9), np.uint8), {}, r"lab.nii.gz: label shape \(16, 16, 9\) differs"),
+        (GOOD_IMAGE, np.full((16, 16, 8), 5, np.uint8), {"num_classes": 3}, r"label values \[5\] lie outside the 3"),
+        (GOOD_IMAGE, np.full((16, 16, 8), 0.5, np.float32), {}, r"label holds non-integer values, e.g. 0.5"),
+        (GOOD_IMAGE, GOOD_LABEL, {"channels": 4}, r"has 1 channel \(shape \(16, 16, 8\)\) where 4 are expected"),
+    ],
+)
+def test_bad_content_is_refused(tmp_path, image, label, kwargs, message):
+    data = _pair(tmp_path, image, label)
+    with pytest.raises(InputError, match=message):
+        CheckVolumed(**kwargs)(data)
+
+
+def test_label_in_another_space_is_refused(tmp_path):
+    shifted = np.eye(4)
+    shifted[0, 3] = 5.0
+    data = _pair(tmp_path, GOOD_IMAGE, GOOD_LABEL, label_affine=shifted)
+    with pytest.raises(InputError, match=r"label affine differs from its image's .* by up to 5 mm"):
+        CheckVolumed()(data)
+
+
+def test_two_dimensional_image_is_refused(tmp_path):
+    path = save_nifti(np.zeros((16, 16), np.float32), np.eye(4), tmp_path / "flat.nii.gz")
+    with pytest.raises(InputError, match=r"flat.nii.gz: is 2D \(shape \(16, 16\)\) where a 3D volume is expected"):
+        CheckVolumed(label_key=None)({"image": load_volume(path)})
+
+
+def test_preset_pipeline_stops_before_processing_and_keeps_the_message(tmp_path):
+    bad = save_nifti(np.full((16, 16, 8), np.inf, np.float32), np.eye(4), tmp_path / "inf.nii.gz")
+    with pytest.raises(Exception) as info:  # MONAI's Compose wraps transform errors
+        ct_transforms("infer", pixdim=None)({"image": str(bad)})
+    found = find_input_error(info.value)
+    assert found is not None and found.path.endswith("inf.nii.gz") and "non-finite" in found.problem
