@@ -11,6 +11,7 @@ them: shape and position must be learnt. The image is blurred
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from medattn3d.errors import InputError
 
 LABELS = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
 
@@ -167,6 +170,22 @@ def generate_demo_dataset(
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(manifest_path)
     return manifest_path
+
+
+def default_demo_dir() -> Path:
+    """Where the bundles put the demo dataset: ``$MEDATTN3D_DEMO_DIR`` or ``~/.cache/medattn3d/demo_abdomen``."""
+    return Path(os.environ.get("MEDATTN3D_DEMO_DIR", Path.home() / ".cache" / "medattn3d" / "demo_abdomen"))
+
+
+def prepare_dataset(dataset_dir: str | Path, datalist: str | Path) -> Path:
+    """Make sure ``datalist`` exists: generate the demo dataset when it is missing and ``dataset_dir`` is the demo
+    folder; otherwise say which manifest is missing. Returns the manifest path. Bundles call this in ``initialize``."""
+    datalist = Path(datalist)
+    if datalist.is_file():
+        return datalist
+    if Path(dataset_dir).resolve() == default_demo_dir().resolve():
+        return generate_demo_dataset(dataset_dir)
+    raise InputError(datalist, "manifest not found (give --datalist, or leave --dataset_dir at the demo default)")
 
 
 def _atomic_save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Hashable, Mapping, Sequence
@@ -16,6 +17,9 @@ from monai.transforms import LoadImage, MapTransform
 
 from medattn3d.data.dicom import inspect_series
 from medattn3d.errors import InputError
+
+# MONAI logs a warning about an optional GPU DICOM decoder each time a loader is built: noise for our users.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 def source_path(data: Any) -> str:
