@@ -79,7 +79,7 @@ def _dice_table(eval_dir: Path, class_names: dict[str, str]) -> list[tuple[str, 
     summary = eval_dir / "val_mean_dice_summary.csv"
     rows: list[tuple[str, float]] = []
     with open(summary) as stream:
-        for row in csv.reader(stream, delimiter="\t"):
+        for row in csv.reader(stream):
             if not row or row[0] == "class":
                 continue
             name = row[0]
@@ -94,13 +94,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from medattn3d.bundles import bundle_path, run_bundle
+    from medattn3d.data.demo import default_demo_dir
 
     bundle = bundle_path(args.bundle)
     _require_weights(bundle / "models" / "model.pt", args.bundle)
     overrides = _bundle_overrides(args)
-    workflow = run_bundle(bundle, ["train.json", "evaluate.json"], **overrides)
-    datalist = workflow.parser.get_parsed_content("datalist") if hasattr(workflow, "parser") else None
-    labels = json.loads(Path(datalist).read_text())["labels"] if datalist else {}
+    run_bundle(bundle, ["train.json", "evaluate.json"], **overrides)
+    datalist = Path(overrides.get("datalist", Path(overrides.get("dataset_dir", default_demo_dir())) / "dataset.json"))
+    labels = json.loads(datalist.read_text()).get("labels", {}) if datalist.is_file() else {}
     eval_dir = bundle / "eval"
     table = _dice_table(eval_dir, labels)
     for name, value in table:
