@@ -153,6 +153,29 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Attention maps, montages, an HTML index and inside/outside ratios (default: the validation cases)."""
+    from medattn3d.bundles import bundle_path, run_bundle
+
+    bundle = bundle_path(args.bundle)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else bundle / "models" / "model.pt"
+    if args.checkpoint and not checkpoint.is_file():
+        raise InputError(checkpoint, "checkpoint not found")
+    _require_weights(checkpoint, args.bundle)
+    overrides: dict[str, Any] = {"checkpoint": str(checkpoint.resolve())}
+    if args.output:
+        overrides["output_dir"] = str(Path(args.output).resolve())
+    if args.input:
+        inputs = _input_volumes(Path(args.input))
+        if args.label and len(inputs) != 1:
+            raise InputError(args.input, "--label needs exactly one input volume")
+        overrides["input_paths"] = [str(p.resolve()) for p in inputs]
+        overrides["label_paths"] = [str(Path(args.label).resolve())] if args.label else None
+    overrides.update(_bundle_overrides(args))
+    run_bundle(bundle, ["inference.json", "explain.json"], **overrides)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from monai.bundle import ckpt_export
 
@@ -175,39 +198,39 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate the demo data, train, evaluate, and predict the demo's test volumes."""
+    """Generate the demo data, train, evaluate, predict the demo's test volumes, explain the validation cases."""
     from medattn3d.bundles import bundle_path
     from medattn3d.data.demo import default_demo_dir
 
     bundle = bundle_path(args.bundle)
     start = time.time()
-    print(f"[1/3] training {bundle.name} on the demo data in {default_demo_dir()} (resumes if interrupted)")
-    train_args = argparse.Namespace(
-        bundle=args.bundle,
-        multi_gpu=False,
-        fresh=False,
-        max_epochs=args.max_epochs,
-        dataset_dir=None,
-        datalist=None,
-        set=None,
-    )
-    cmd_train(train_args)
-    print("[2/3] evaluating the best weights on the validation cases")
-    cmd_evaluate(argparse.Namespace(bundle=args.bundle, dataset_dir=None, datalist=None, max_epochs=None, set=None))
-    print("[3/3] predicting the demo's test volumes")
+    data = {"dataset_dir": None, "datalist": None, "set": None}
+    print(f"[1/4] training {bundle.name} on the demo data in {default_demo_dir()} (resumes if interrupted)")
+    cmd_train(argparse.Namespace(bundle=args.bundle, multi_gpu=False, fresh=False, max_epochs=args.max_epochs, **data))
+    print("[2/4] evaluating the best weights on the validation cases")
+    cmd_evaluate(argparse.Namespace(bundle=args.bundle, max_epochs=None, **data))
+    print("[3/4] predicting the demo's test volumes")
+    predictions = bundle / "predictions"
     cmd_infer(
         argparse.Namespace(
             bundle=args.bundle,
             input=str(default_demo_dir() / "imagesTs"),
-            output=str(bundle / "predictions"),
+            output=str(predictions),
             checkpoint=None,
             series_uid=None,
         )
     )
-    print(
-        f"demo finished in {(time.time() - start) / 60:.1f} min. Weights: {bundle / 'models' / 'model.pt'}; "
-        f"metrics: {bundle / 'eval'}; predictions: {bundle / 'predictions'}"
+    print("[4/4] attention maps of the validation cases")
+    cmd_explain(
+        argparse.Namespace(
+            bundle=args.bundle, input=None, label=None, output=None, checkpoint=None, max_epochs=None, **data
+        )
     )
+    print(f"demo finished in {(time.time() - start) / 60:.1f} min.")
+    print(f"  weights:               {bundle / 'models' / 'model.pt'}")
+    print(f"  metrics and curves:    {bundle / 'eval'} (training_report.png, val_mean_dice_*.csv)")
+    print(f"  predictions:           {predictions}")
+    print(f"  attention maps:        {bundle / 'explain' / 'index.html'}")
     return 0
 
 
@@ -256,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--checkpoint", help="weights (default: the bundle's models/model.pt)")
     infer.add_argument("--series-uid", help="DICOM SeriesInstanceUID, when a folder holds several series")
     infer.set_defaults(func=cmd_infer)
+    explain = with_bundle(sub.add_parser("explain", help="attention maps as NIfTI, PNG montages and an HTML index"))
+    explain.add_argument("--input", help="volume(s) to explain (default: the validation cases of the datalist)")
+    explain.add_argument("--label", help="ground truth of a single --input, for the inside/outside ratio")
+    explain.add_argument("--output", help="default: the bundle's explain/")
+    explain.add_argument("--checkpoint")
+    with_data(explain)
+    explain.set_defaults(func=cmd_explain)
     export = with_bundle(sub.add_parser("export", help="TorchScript export of the trained network (ckpt_export)"))
     export.add_argument("--checkpoint")
     export.add_argument("--output", help="default: the bundle's models/model.ts")

@@ -126,3 +126,27 @@ def test_check_data_subcommand(tmp_path, capsys):
 def test_unknown_bundle_is_explained(capsys):
     assert cli.main(["evaluate", "--bundle", "unet9"]) == 2
     assert "unet9: no such bundle (known: attention_unet_2d" in capsys.readouterr().err
+
+
+def test_explain_subcommand_writes_maps_and_index(tmp_path, random_checkpoint, capsys):
+    image = _ct(tmp_path / "a.nii.gz")
+    label = save_nifti(np.zeros((40, 36, 20), np.uint8), oblique_affine(), tmp_path / "a_label.nii.gz")
+    out = tmp_path / "explain"
+    code = cli.main(
+        [
+            "explain",
+            "--input",
+            str(image),
+            "--label",
+            str(label),
+            "--output",
+            str(out),
+            "--checkpoint",
+            str(random_checkpoint),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    names = {p.name for p in out.iterdir()}
+    assert {"a_seg.nii.gz", "a_attention_gate_level1.nii.gz", "a_montage.png", "index.html"} <= names
+    assert nib.load(str(out / "a_attention_gate_level3.nii.gz")).shape == (40, 36, 20)
+    assert "gate_level1" in capsys.readouterr().out

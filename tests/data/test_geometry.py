@@ -84,3 +84,17 @@ def test_dicom_series_prediction_is_written_as_nifti_in_the_series_geometry(tmp_
     assert out.shape == mask.shape
     assert np.allclose(out.affine, affine, atol=1e-4)
     assert np.array_equal(np.asarray(out.dataobj), mask)
+
+
+def test_channel_argmax_equals_torch_argmax_and_keeps_meta():
+    from monai.data import MetaTensor
+
+    from medattn3d.data.output import ChannelArgmaxd
+
+    scores = torch.rand(5, 7, 6, 4)
+    scores[:, 0, 0, 0] = 0.5  # a tie: the lower class wins, as with argmax
+    meta_scores = MetaTensor(scores, affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    out = ChannelArgmaxd("pred")({"pred": meta_scores})["pred"]
+    assert out.shape == (1, 7, 6, 4) and out.dtype == torch.uint8
+    assert torch.equal(out.as_tensor()[0].long(), torch.argmax(scores, dim=0))
+    assert torch.equal(out.affine, meta_scores.affine)

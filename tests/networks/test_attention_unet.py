@@ -109,3 +109,12 @@ def test_kernel_size_reaches_every_double_conv():
     net = AttentionUNet(2, 1, 2, **SMALL, kernel_size=5)
     sizes = {m.kernel_size for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d) and "conv_" in n}
     assert sizes == {(5, 5)}
+
+
+def test_authors_decoder_without_up_projection():
+    net = AttentionUNet(3, 1, 2, **SMALL, up_projection=False)
+    assert all(isinstance(level.up.project, torch.nn.Identity) for level in net.decoder)
+    # the double conv reads skip + full coarse width, as in the authors' UnetUp3_CT
+    assert net.final_up.conv.conv_0.conv.in_channels == SMALL["channels"][0] + SMALL["channels"][1]
+    y = net.eval()(torch.randn(1, 1, 16, 16, 16))
+    assert y.shape == (1, 2, 16, 16, 16)

@@ -1,0 +1,85 @@
+"""Shared benchmark helpers: medians of repeated timings, peak memory of a step, tables and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) so the next peak is this step's own (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(step: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median/min seconds of ``step`` over ``repeats`` runs after ``warmup``, and its peak memory above baseline."""
+    for _ in range(warmup):
+        step()
+    baseline = rss_bytes()
+    reset_peak_rss()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_mem_mib": max(peak_rss_bytes() - baseline, 0) / 2**20,
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "bf16_kernels": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
+    }
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    widths = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(fmt(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {path}")

@@ -1,0 +1,180 @@
+"""Network step benchmark: forward (inference) and forward+backward (training) time and peak memory of our networks
+side by side with MONAI's AttentionUnet and UNet at the same widths, fp32 vs bf16 autocast, channels-first vs -last.
+
+    .venv/bin/python benchmarks/network_step.py --dims 3 --json benchmarks/results/network_step_3d.json
+
+Each case runs in a fresh process (so peak memory is its own); medians of repeated runs; ratios are speedups over
+MONAI's AttentionUnet in fp32, channels-first (its default), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, measure, print_table, write_json
+
+CHANNELS = (16, 32, 64, 128, 256)
+STRIDES = (2, 2, 2, 2)
+NETS = ("ours AttentionUNet", "MONAI AttentionUnet", "MONAI UNet", "ours MSGuidedAttention")
+# (precision, channels-last, BatchNorm folded into the convolutions: inference only, as inference.json does)
+VARIANTS = (
+    ("fp32", False, False),
+    ("fp32", True, False),
+    ("bf16", False, False),
+    ("bf16", True, False),
+    ("bf16", True, True),
+)
+
+
+def build(net: str, dims: int) -> torch.nn.Module:
+    from monai.networks.nets import AttentionUnet, UNet
+
+    from medattn3d.networks import AttentionUNet, MultiScaleGuidedAttentionNet
+
+    if net == "ours AttentionUNet":
+        return AttentionUNet(dims, 1, 4, channels=CHANNELS, strides=STRIDES)
+    if net == "MONAI AttentionUnet":
+        return AttentionUnet(dims, 1, 4, channels=CHANNELS, strides=STRIDES)
+    if net == "MONAI UNet":
+        return UNet(dims, 1, 4, channels=CHANNELS, strides=STRIDES, num_res_units=2)
+    return MultiScaleGuidedAttentionNet(dims, 1, 4, backbone="resnet18", feature_channels=32 if dims == 3 else 64)
+
+
+def flatten(output) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for v in output.values() for t in flatten(v)]
+    return [t for v in output for t in flatten(v)]
+
+
+def run_case(case: dict) -> dict:
+    """One (network, mode, precision, layout) case, in this process."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    dims, size = case["dims"], case["size"]
+    network = build(case["net"], dims)
+    x = torch.randn(1, 1, *([size] * dims))
+    if case["channels_last"]:
+        layout = torch.channels_last_3d if dims == 3 else torch.channels_last
+        network = network.to(memory_format=layout)
+        x = x.contiguous(memory_format=layout)
+    if case["fold_norm"]:
+        from medattn3d.inference import fold_batch_norm
+
+        fold_batch_norm(network.eval())
+    dtype = torch.bfloat16 if case["precision"] == "bf16" else torch.float32
+    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+    if case["mode"] == "infer":
+        network.eval()
+
+        def step() -> None:
+            with torch.no_grad(), autocast:
+                network(x)
+    else:
+        network.train()
+
+        def step() -> None:
+            with autocast:
+                loss = sum(t.float().mean() for t in flatten(network(x)))
+            loss.backward()
+            network.zero_grad(set_to_none=True)
+
+    result = measure(step, repeats=case["repeats"], warmup=1)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network.eval()(x)
+    forward_gflop = counter.get_total_flops() / 1e9
+    result["gflop"] = forward_gflop * (3 if case["mode"] == "train" else 1)
+    result["gflop_per_s"] = result["gflop"] / result["median_s"]
+    result["params_m"] = sum(p.numel() for p in network.parameters()) / 1e6
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", type=int, choices=(2, 3), default=3)
+    parser.add_argument("--size", type=int, help="edge of the input (default 96 in 3D, 512 in 2D)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--nets", nargs="*", default=list(NETS), choices=NETS)
+    parser.add_argument("--modes", nargs="*", default=["infer", "train"], choices=["infer", "train"])
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return
+    size = args.size or (96 if args.dims == 3 else 512)
+    rows = []
+    for mode in args.modes:
+        for net in args.nets:
+            for precision, channels_last, fold_norm in VARIANTS:
+                if fold_norm and mode == "train":
+                    continue
+                case = {
+                    "fold_norm": fold_norm,
+                    "net": net,
+                    "dims": args.dims,
+                    "size": size,
+                    "mode": mode,
+                    "precision": precision,
+                    "channels_last": channels_last,
+                    "repeats": args.repeats if mode == "infer" else max(2, args.repeats // 2),
+                }
+                done = subprocess.run(
+                    [sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True, check=False
+                )
+                if done.returncode != 0:
+                    print(f"failed: {case}: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+                    continue
+                row = {**case, **json.loads(done.stdout.strip().splitlines()[-1])}
+                row["layout"] = ("channels-last" if channels_last else "channels-first") + (
+                    " +BN fold" if fold_norm else ""
+                )
+                rows.append(row)
+                print(f"{mode:5s} {net:24s} {precision} {row['layout']:24s} {row['median_s']:.3f} s", flush=True)
+    for mode in args.modes:
+        reference = next(
+            (
+                r
+                for r in rows
+                if r["mode"] == mode
+                and r["net"] == "MONAI AttentionUnet"
+                and r["precision"] == "fp32"
+                and not r["channels_last"]
+            ),
+            None,
+        )
+        for row in rows:
+            if row["mode"] == mode and reference:
+                row["speedup_vs_monai_attunet_fp32"] = reference["median_s"] / row["median_s"]
+    print(f"\n{args.dims}D, input 1x1x{'x'.join([str(size)] * args.dims)}, {machine()}")
+    print_table(
+        rows,
+        [
+            "mode",
+            "net",
+            "precision",
+            "layout",
+            "median_s",
+            "peak_mem_mib",
+            "gflop",
+            "gflop_per_s",
+            "params_m",
+            "speedup_vs_monai_attunet_fp32",
+        ],
+    )
+    write_json(
+        args.json, {"benchmark": "network_step", "machine": machine(), "dims": args.dims, "size": size, "rows": rows}
+    )
+
+
+if __name__ == "__main__":
+    main()

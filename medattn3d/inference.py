@@ -1,0 +1,134 @@
+"""Fast inference and training steps: mixed precision (bf16/fp16 autocast) and channels-last around any MONAI inferer.
+
+MONAI's engines only autocast on CUDA (``amp=True``); :class:`PrecisionInferer` wraps the inferer instead, so the
+same switch works on CPU (bf16, where the CPU supports it) and GPU, for ``SimpleInferer`` in training and
+``SlidingWindowInferer``/``SliceInferer`` in evaluation. Outputs come back as float32 (the sliding-window buffers,
+losses and metrics stay in full precision); weights and checkpoints are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has fast bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (``None``: run in fp32).
+
+    ``auto`` picks bf16 on CPUs with bf16 kernels and on GPUs that support it, fp16 on other GPUs, else fp32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+
+
+def to_float(output: Any) -> Any:
+    """Cast every floating tensor in a tensor / list / tuple / dict structure to float32."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() and output.dtype != torch.float32 else output
+    if isinstance(output, dict):
+        return {k: to_float(v) for k, v in output.items()}
+    if isinstance(output, (list, tuple)):
+        return type(output)(to_float(v) for v in output)
+    return output
+
+
+def memory_format_for(ndim: int) -> torch.memory_format | None:
+    """channels_last for 4D (2D images), channels_last_3d for 5D (volumes), else None."""
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim)
+
+
+class PrecisionInferer(Inferer):
+    """Run ``inferer`` with the network under autocast and, optionally, in channels-last memory format.
+
+    Args:
+        inferer: any MONAI inferer (``SimpleInferer``, ``SlidingWindowInferer``, ``SliceInferer``, ...).
+        precision: ``"auto"`` (bf16 where the hardware has fast bf16, else fp32), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        channels_last: convert the network (once) and each input window to channels-last; conv kernels on CPU and
+            GPU are faster in that layout.
+        fold_norm: fold BatchNorm into the preceding convolutions (once, in place) when the network is in eval
+            mode: for inference-only networks (the bundles' ``inference.json``), never for one still training.
+    """
+
+    def __init__(
+        self, inferer: Inferer, precision: str = "auto", channels_last: bool = True, fold_norm: bool = False
+    ) -> None:
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.inferer = inferer
+        self.precision = precision
+        self.channels_last = channels_last
+        self.fold_norm = fold_norm
+        self._converted: set[int] = set()
+        self._folded: set[int] = set()
+
+    def _prepare(self, network: nn.Module, ndim: int) -> None:
+        layout = memory_format_for(ndim)
+        if self.channels_last and layout is not None and id(network) not in self._converted:
+            network.to(memory_format=layout)
+            self._converted.add(id(network))
+        if self.fold_norm and not network.training and id(network) not in self._folded:
+            fold_batch_norm(network)
+            self._folded.add(id(network))
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        dtype = autocast_dtype(self.precision, inputs.device)
+
+        def forward(x: torch.Tensor, *a: Any, **k: Any) -> Any:
+            layout = memory_format_for(x.dim()) if self.channels_last else None
+            if isinstance(network, nn.Module):
+                self._prepare(network, x.dim())
+            if layout is not None:
+                x = x.contiguous(memory_format=layout)
+            with torch.autocast(device_type=x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return to_float(network(x, *a, **k))
+
+        return self.inferer(inputs, forward, *args, **kwargs)
+
+
+def fold_batch_norm(network: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a (non-transposed) convolution in a MONAI
+    ``Convolution`` block into that convolution's weights, in place, and drop the norm layer.
+
+    Inference only: the folded network computes the same function in ``eval()`` with one memory pass less per
+    convolution, but can no longer be trained (the batch statistics are gone). Returns ``network``.
+    """
+    from monai.networks.blocks import Convolution
+
+    batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    for block in network.modules():
+        if not isinstance(block, Convolution) or not hasattr(block, "adn") or not hasattr(block.adn, "N"):
+            continue
+        conv, norm = block.conv, block.adn.N
+        if not isinstance(norm, batch_norms) or getattr(conv, "transposed", False) or norm.training:
+            continue
+        with torch.no_grad():
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))).to(conv.weight.dtype))
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+            folded = (bias - norm.running_mean) * scale + norm.bias
+            conv.bias = nn.Parameter(folded.to(conv.weight.dtype))
+        block.adn.N = nn.Identity()
+    return network

@@ -1,0 +1,144 @@
+"""Attention explanations: maps in the input's geometry and in [0, 1], seamless blending, montage, index, ratios."""
+
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+from medattn3d.data import ct_transforms
+from medattn3d.explain import AttentionExplainer, AttentionPredictor, attention_ratio
+from medattn3d.networks import AttentionUNet, MultiScaleGuidedAttentionNet
+from tests.helpers import blob_mask, oblique_affine, save_nifti
+
+SMALL = {"channels": (4, 8, 16, 32), "strides": (2, 2, 2)}
+
+
+class ConstantAttentionNet(nn.Module):
+    """Logits favouring class 1 and gate maps of a constant 0.7 at half and quarter resolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = nn.ModuleList([nn.Identity(), nn.Identity()])
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward_with_attention(self, x):
+        logits = torch.cat([torch.zeros_like(x), self.scale * torch.ones_like(x)], dim=1)
+        maps = [torch.full((x.shape[0], 2, *(s // f for s in x.shape[2:])), 0.7) for f in (2, 4)]
+        return logits, maps
+
+
+def _volume(tmp_path, shape=(40, 36, 20)):
+    rng = np.random.default_rng(0)
+    image = save_nifti(rng.normal(0, 200, shape).astype(np.float32), oblique_affine(), tmp_path / "ct.nii.gz")
+    label = save_nifti(blob_mask(shape), oblique_affine(), tmp_path / "ct_label.nii.gz")
+    return image, label
+
+
+@pytest.mark.parametrize(
+    ("network", "names"),
+    [
+        (AttentionUNet(3, 1, 3, **SMALL), ["gate_level1", "gate_level2"]),
+        (
+            MultiScaleGuidedAttentionNet(
+                3, 1, 3, backbone="resnet10", backbone_widths=(8, 8, 16, 16), feature_channels=8
+            ),
+            [f"step{k}_scale{s}" for k in (1, 2) for s in (1, 2, 3, 4)],
+        ),
+    ],
+)
+def test_predictor_returns_prediction_and_maps_at_input_size(network, names):
+    out = AttentionPredictor(network.eval())(torch.randn(1, 1, 32, 32, 16))
+    assert list(out) == ["pred", *names]
+    assert all(v.shape[2:] == (32, 32, 16) for v in out.values())
+    assert all(float(out[n].min()) >= 0 and float(out[n].max()) <= 1 for n in names)
+
+
+def test_constant_attention_is_blended_without_seams_and_lands_in_the_input_geometry(tmp_path):
+    image, _ = _volume(tmp_path)
+    pre = ct_transforms("infer", pixdim=(1.5, 1.5, 2.0))
+    inferer = SlidingWindowInferer((16, 16, 16), sw_batch_size=4, overlap=0.5, mode="gaussian")
+    explainer = AttentionExplainer(ConstantAttentionNet(), pre, inferer, tmp_path / "out")
+    explainer.run([str(image)])
+    source = nib.load(str(image))
+    for name in ("gate_level1", "gate_level2"):
+        written = nib.load(str(tmp_path / "out" / f"ct_attention_{name}.nii.gz"))
+        assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-4)
+        assert np.allclose(np.asarray(written.dataobj), 0.7, atol=1e-5)
+
+
+def test_explain_writes_maps_montage_index_and_ratios(tmp_path):
+    image, label = _volume(tmp_path)
+    network = AttentionUNet(3, 1, 3, **SMALL).eval()
+    inferer = SlidingWindowInferer((32, 32, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    explainer = AttentionExplainer(
+        network,
+        ct_transforms("infer", pixdim=(1.5, 1.5, 2.0)),
+        inferer,
+        tmp_path / "o",
+        label_preprocessing=ct_transforms("val", pixdim=(1.5, 1.5, 2.0)),
+    )
+    summary = explainer.run([str(image)], [str(label)])
+    out = tmp_path / "o"
+    source = nib.load(str(image))
+    for name in ("gate_level1", "gate_level2"):
+        volume = nib.load(str(out / f"ct_attention_{name}.nii.gz"))
+        values = np.asarray(volume.dataobj)
+        assert volume.shape == source.shape and np.allclose(volume.affine, source.affine, atol=1e-4)
+        assert values.min() >= 0.0 and values.max() <= 1.0 and values.std() > 0
+    assert nib.load(str(out / "ct_seg.nii.gz")).shape == source.shape
+    import matplotlib.image
+
+    picture = matplotlib.image.imread(str(out / "ct_montage.png"))
+    assert picture.shape[0] >= 600 and picture.shape[1] >= 600 and picture[..., :3].std() > 0.05  # not blank
+    page = (out / "index.html").read_text()
+    assert 'src="ct_montage.png"' in page and "ct_attention_gate_level1.nii.gz" in page
+    case = summary["cases"][0]
+    assert case["structure"] == "ground truth" and set(case["ratios"]) == {"gate_level1", "gate_level2"}
+    assert (out / "attention_summary.csv").read_text().startswith("case,structure,gate_level1,gate_level2")
+
+
+def test_attention_ratio_against_hand_values():
+    attention = np.array([0.9, 0.8, 0.1, 0.3])
+    assert attention_ratio(attention, np.array([True, True, False, False])) == pytest.approx(0.85 / 0.2)
+    assert np.isnan(attention_ratio(attention, np.zeros(4, bool)))
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_index_renders_with_its_images_in_headless_chromium(tmp_path):
+    image, _ = _volume(tmp_path)
+    inferer = SlidingWindowInferer((32, 32, 16), sw_batch_size=2, overlap=0.25)
+    AttentionExplainer(
+        AttentionUNet(3, 1, 3, **SMALL).eval(), ct_transforms("infer", pixdim=(1.5, 1.5, 2.0)), inferer, tmp_path / "o"
+    ).run([str(image)])
+    page = (tmp_path / "o" / "index.html").as_uri()
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run([_chromium(), *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    assert 'data-images-loaded="1"' in dom.stdout, dom.stderr[-2000:]
+    assert "missing image" not in dom.stdout.split("<script>")[0]
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1000,800", page], capture_output=True, timeout=120
+    )
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(shot))[..., :3].std() > 0.05

@@ -1,0 +1,88 @@
+"""PrecisionInferer: fp32 is exact, bf16 autocast stays close, outputs come back float32 in every structure."""
+
+import pytest
+import torch
+from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
+
+from medattn3d.inference import PrecisionInferer, autocast_dtype, cpu_supports_bf16
+from medattn3d.networks import AttentionUNet
+
+SMALL = {"channels": (8, 16, 32, 64), "strides": (2, 2, 2)}
+
+
+@pytest.fixture
+def net3d():
+    return AttentionUNet(3, 1, 3, **SMALL).eval()
+
+
+def test_fp32_channels_first_is_the_plain_inferer(net3d):
+    x = torch.randn(1, 1, 40, 32, 24)
+    window = SlidingWindowInferer((32, 32, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    with torch.no_grad():
+        expected = window(x, net3d)
+        got = PrecisionInferer(window, precision="fp32", channels_last=False)(x, net3d)
+    assert torch.equal(got, expected)
+
+
+def test_channels_last_changes_layout_not_values(net3d):
+    x = torch.randn(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        expected = net3d(x)
+        got = PrecisionInferer(SimpleInferer(), precision="fp32", channels_last=True)(x, net3d)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert net3d.head.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_bf16_is_close_to_fp32_and_returns_float32(net3d):
+    x = torch.randn(2, 1, 32, 32, 16)
+    with torch.no_grad():
+        reference = net3d(x)
+        got = PrecisionInferer(SimpleInferer(), precision="bf16")(x, net3d)
+    assert got.dtype == torch.float32
+    assert (got - reference).abs().max() / reference.abs().max() < 0.05
+    assert (got.argmax(1) == reference.argmax(1)).float().mean() > 0.97
+
+
+def test_training_outputs_are_cast_back_and_backpropagate():
+    net = AttentionUNet(3, 1, 2, **SMALL, deep_supervision=True).train()
+    outputs = PrecisionInferer(SimpleInferer(), precision="bf16")(torch.randn(2, 1, 16, 16, 16), net)
+    assert isinstance(outputs, list) and all(o.dtype == torch.float32 for o in outputs)
+    sum(o.mean() for o in outputs).backward()
+    assert net.head.weight.grad is not None and net.head.weight.dtype == torch.float32
+
+
+def test_slice_inferer_runs_a_2d_network_over_a_volume():
+    net = AttentionUNet(2, 1, 3, **SMALL).eval()
+    inferer = PrecisionInferer(SliceInferer(roi_size=(32, 32), spatial_dim=2, sw_batch_size=4), precision="bf16")
+    with torch.no_grad():
+        out = inferer(torch.randn(1, 1, 32, 32, 6), net)
+    assert out.shape == (1, 3, 32, 32, 6) and out.dtype == torch.float32
+
+
+def test_precision_resolution():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_supports_bf16() else None)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        PrecisionInferer(SimpleInferer(), precision="int8")
+
+
+def test_folding_batch_norm_keeps_the_eval_output(net3d):
+    for module in net3d.modules():  # non-trivial statistics, as after training
+        if isinstance(module, torch.nn.BatchNorm3d):
+            torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
+            torch.nn.init.uniform_(module.running_var, 0.5, 2.0)
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    x = torch.randn(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        expected = net3d(x)
+        got = PrecisionInferer(SimpleInferer(), precision="fp32", channels_last=False, fold_norm=True)(x, net3d)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in net3d.modules())
+
+
+def test_folding_is_skipped_while_training():
+    net = AttentionUNet(3, 1, 2, **SMALL).train()
+    PrecisionInferer(SimpleInferer(), precision="fp32", fold_norm=True)(torch.randn(2, 1, 16, 16, 16), net)
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
