@@ -14,13 +14,18 @@ from typing import Any
 import torch
 
 
-def rss_bytes() -> int:
-    """Current resident set size of this process."""
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes; 0 where it is missing."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    return _status_bytes("VmRSS")
 
 
 def reset_peak_rss() -> None:
@@ -33,11 +38,8 @@ def reset_peak_rss() -> None:
 
 
 def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """Peak resident set size of this process since start (or since :func:`reset_peak_rss`)."""
+    return _status_bytes("VmHWM")
 
 
 def measure(step: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:

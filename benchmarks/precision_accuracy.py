@@ -35,8 +35,15 @@ def main() -> None:
 
     bundle = bundle_path(args.bundle)
     results = {p: evaluate(bundle, p, bundle / "eval" / f"precision_{p}") for p in ("fp32", "bf16")}
-    rows = [{"class": name, "dice_fp32": results["fp32"][name], "dice_bf16": results["bf16"][name],
-             "difference": results["bf16"][name] - results["fp32"][name]} for name in results["fp32"]]
+    rows = [
+        {
+            "class": name,
+            "dice_fp32": results["fp32"][name],
+            "dice_bf16": results["bf16"][name],
+            "difference": results["bf16"][name] - results["fp32"][name],
+        }
+        for name in results["fp32"]
+    ]
     print_table(rows, ["class", "dice_fp32", "dice_bf16", "difference"])
     payload = {"benchmark": "precision_accuracy", "bundle": args.bundle, "machine": machine(), "rows": rows}
     write_json(args.json, payload)

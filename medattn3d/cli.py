@@ -117,15 +117,21 @@ def _require_weights(path: Path, bundle: str) -> None:
         )
 
 
+def _checkpoint(args: argparse.Namespace, bundle: Path) -> Path:
+    """``--checkpoint`` if given (it must exist), else the bundle's ``models/model.pt`` (it must exist too)."""
+    checkpoint = Path(args.checkpoint) if args.checkpoint else bundle / "models" / "model.pt"
+    if args.checkpoint and not checkpoint.is_file():
+        raise InputError(checkpoint, "checkpoint not found")
+    _require_weights(checkpoint, args.bundle)
+    return checkpoint
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from medattn3d.bundles import bundle_path, read_config, run_bundle
     from medattn3d.data.loading import CheckVolumed, load_volume
 
     bundle = bundle_path(args.bundle)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else bundle / "models" / "model.pt"
-    if args.checkpoint and not checkpoint.is_file():
-        raise InputError(checkpoint, "checkpoint not found")
-    _require_weights(checkpoint, args.bundle)
+    checkpoint = _checkpoint(args, bundle)
     inputs = _input_volumes(Path(args.input))
     channels = int(read_config(bundle).get("in_channels", 1))
     check = CheckVolumed(label_key=None, channels=channels)
@@ -158,10 +164,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from medattn3d.bundles import bundle_path, run_bundle
 
     bundle = bundle_path(args.bundle)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else bundle / "models" / "model.pt"
-    if args.checkpoint and not checkpoint.is_file():
-        raise InputError(checkpoint, "checkpoint not found")
-    _require_weights(checkpoint, args.bundle)
+    checkpoint = _checkpoint(args, bundle)
     overrides: dict[str, Any] = {"checkpoint": str(checkpoint.resolve())}
     if args.output:
         overrides["output_dir"] = str(Path(args.output).resolve())
@@ -177,22 +180,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from monai.bundle import ckpt_export
+    """TorchScript (``ckpt_export``) or ONNX (``onnx_export``, needs the ``export`` extra) of the trained network."""
+    from monai.bundle import ckpt_export, onnx_export
 
-    from medattn3d.bundles import bundle_path
+    from medattn3d.bundles import bundle_path, read_config
 
     bundle = bundle_path(args.bundle)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else bundle / "models" / "model.pt"
-    _require_weights(checkpoint, args.bundle)
-    target = Path(args.output) if args.output else bundle / "models" / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(target),
-        ckpt_file=str(checkpoint),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        config_file=str(bundle / "configs" / "inference.json"),
-        bundle_root=str(bundle),
-    )
+    checkpoint = _checkpoint(args, bundle)
+    suffix = ".onnx" if args.format == "onnx" else ".ts"
+    target = Path(args.output) if args.output else bundle / "models" / f"model{suffix}"
+    common = {
+        "net_id": "network_def",
+        "filepath": str(target),
+        "ckpt_file": str(checkpoint),
+        "meta_file": str(bundle / "configs" / "metadata.json"),
+        "config_file": str(bundle / "configs" / "inference.json"),
+        "bundle_root": str(bundle),
+    }
+    if args.format == "onnx":
+        roi = read_config(bundle)["roi_size"]
+        onnx_export(**common, use_trace=True, input_shape=[1, int(read_config(bundle).get("in_channels", 1)), *roi])
+    else:
+        ckpt_export(**common)
     print(f"wrote {target}")
     return 0
 
@@ -286,9 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--checkpoint")
     with_data(explain)
     explain.set_defaults(func=cmd_explain)
-    export = with_bundle(sub.add_parser("export", help="TorchScript export of the trained network (ckpt_export)"))
+    export = with_bundle(
+        sub.add_parser("export", help="TorchScript (ckpt_export) or ONNX export of the trained network")
+    )
     export.add_argument("--checkpoint")
-    export.add_argument("--output", help="default: the bundle's models/model.ts")
+    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    export.add_argument("--output", help="default: the bundle's models/model.ts (or model.onnx)")
     export.set_defaults(func=cmd_export)
     check = sub.add_parser("check-data", help="list every problem in a manifest and its files")
     check.add_argument("manifest")

@@ -79,6 +79,14 @@ def test_train_evaluate_infer_export(bundle_copy, tiny_data):
     assert prediction.shape == source.shape and np.allclose(prediction.affine, source.affine, atol=1e-4)
     assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2, 3}
 
+    bundle_run(bundle, ["inference.json", "explain.json"], overrides)
+    explain = bundle / "explain"
+    maps = sorted(explain.glob("case_002_attention_*.nii.gz"))  # the validation case
+    assert len(maps) == (8 if name.startswith("ms_") else 3)
+    validation_image = nib.load(str(tiny_data / "imagesTr" / "case_002.nii.gz"))
+    assert all(nib.load(str(m)).shape == validation_image.shape for m in maps)
+    assert (explain / "index.html").is_file() and (explain / "case_002_montage.png").is_file()
+
     export = {k: v for k, v in overrides.items() if k.startswith("network_def")}
     result = subprocess.run(
         [
@@ -176,3 +184,27 @@ def test_ddp_two_processes_on_cpu(attention_unet_copy, tmp_path):
     parser.update({k: v for k, v in overrides.items() if k.startswith("network_def")})
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra (onnx, onnxscript)")
+    pytest.importorskip("onnxscript", reason="ONNX export needs the 'export' extra (onnx, onnxscript)")
+    from onnx.reference import ReferenceEvaluator
+
+    from medattn3d import cli
+    from medattn3d.networks import AttentionUNet
+
+    net = AttentionUNet(3, 1, 4, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), deep_supervision=True).eval()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    target = tmp_path / "model.onnx"
+    assert (
+        cli.main(["export", "--format", "onnx", "--checkpoint", str(tmp_path / "model.pt"), "--output", str(target)])
+        == 0
+    )
+    model = onnx.load(str(target))
+    onnx.checker.check_model(model)
+    x = torch.randn(1, 1, 64, 64, 32)
+    (got,) = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = net(x).numpy()
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-3

@@ -11,6 +11,21 @@ from medattn3d.networks.blocks.conv import DoubleConv
 from medattn3d.networks.blocks.dual_attention import AttentionBranch
 
 
+def _upsample2x(spatial_dims: int, channels: int) -> nn.Module:
+    """A plain 2x transposed convolution (kernel 2, stride 2): the decoder step of the authors' module."""
+    return Convolution(
+        spatial_dims,
+        channels,
+        channels,
+        strides=2,
+        kernel_size=2,
+        is_transposed=True,
+        conv_only=True,
+        padding=0,
+        output_padding=0,
+    )
+
+
 class SemanticEncoderDecoder(nn.Module):
     """Two-level encoder-decoder (the authors' ``semanticModule``): returns ``(latent, reconstruction)``.
 
@@ -33,29 +48,9 @@ class SemanticEncoderDecoder(nn.Module):
         )
         self.decoder = nn.Sequential(
             DoubleConv(spatial_dims, 4 * channels, 2 * channels, norm=norm, act=act, bias=True),
-            Convolution(
-                spatial_dims,
-                2 * channels,
-                2 * channels,
-                strides=2,
-                kernel_size=2,
-                is_transposed=True,
-                conv_only=True,
-                padding=0,
-                output_padding=0,
-            ),
+            _upsample2x(spatial_dims, 2 * channels),
             DoubleConv(spatial_dims, 2 * channels, channels, norm=norm, act=act, bias=True),
-            Convolution(
-                spatial_dims,
-                channels,
-                channels,
-                strides=2,
-                kernel_size=2,
-                is_transposed=True,
-                conv_only=True,
-                padding=0,
-                output_padding=0,
-            ),
+            _upsample2x(spatial_dims, channels),
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
