@@ -43,16 +43,16 @@ def _bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _input_volumes(path: Path) -> list[Path]:
     """The volumes behind ``path``: a file, a DICOM series folder, or a folder of volume files."""
-    from medattn3d.data.dicom import _read_headers
+    from medattn3d.data.dicom import series_headers
 
     if not path.exists():
         raise InputError(path, "file not found")
     if path.is_file():
         return [path]
-    if _read_headers(path):
+    if series_headers(path):
         return [path]  # a DICOM series folder
     volumes = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
-    series = sorted(p for p in path.iterdir() if p.is_dir() and _read_headers(p))
+    series = sorted(p for p in path.iterdir() if p.is_dir() and series_headers(p))
     if not volumes and not series:
         raise InputError(path, "holds no volumes (NIfTI, NRRD, MHA, DICOM files or DICOM series folders)")
     return volumes + series

@@ -1,4 +1,4 @@
-"""Shared test settings: deterministic seeds, small thread count for 2-core CI machines."""
+"""Shared test settings: a fixed random seed for every test."""
 
 import pytest
 import torch

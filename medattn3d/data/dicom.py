@@ -26,7 +26,7 @@ class DicomSeries:
     positions: tuple[float, ...]
 
 
-def _read_headers(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+def series_headers(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
     """Headers of the DICOM image files directly in ``folder``, grouped by SeriesInstanceUID."""
     groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
@@ -93,7 +93,7 @@ def inspect_series(folder: str | Path, series_uid: str | None = None) -> DicomSe
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "not a folder")
-    groups = _read_headers(folder)
+    groups = series_headers(folder)
     if not groups:
         entries = sorted(folder.iterdir())
         subfolders = [p.name for p in entries if p.is_dir()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +170,3 @@ class CheckVolumed(MapTransform):
         if self.label_key and self.label_key in d:
             self._check_label(d[self.label_key], image)
         return d
-
-
-def describe_sources(data: Mapping[Hashable, Any], keys: Sequence[str]) -> str:
-    """Comma-separated source files of ``keys`` in ``data`` (for log lines)."""
-    return ", ".join(source_path(data[k]) if not isinstance(data[k], str) else data[k] for k in keys if k in data)
