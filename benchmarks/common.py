@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,3 +87,19 @@ def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(payload, indent=1) + "\n")
         print(f"wrote {path}")
+
+
+class CaseFailedError(RuntimeError):
+    """A benchmark case's process exited non-zero (out of memory, say); the message is its last stderr line."""
+
+
+def run_case_in_subprocess(script: str, case: dict[str, Any]) -> dict[str, Any]:
+    """Run ``script --case <case as JSON>`` in a fresh Python, so its peak memory is the case's own; the case prints
+    its result as JSON on its last stdout line."""
+    done = subprocess.run(
+        [sys.executable, script, "--case", json.dumps(case)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise CaseFailedError(lines[-1] if lines else f"exit status {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

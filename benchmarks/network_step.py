@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, measure, print_table, write_json
+from common import CaseFailedError, machine, measure, print_table, run_case_in_subprocess, write_json
 
 CHANNELS = (16, 32, 64, 128, 256)
 STRIDES = (2, 2, 2, 2)
@@ -128,13 +127,11 @@ def main() -> None:
                     "channels_last": channels_last,
                     "repeats": args.repeats if mode == "infer" else max(2, args.repeats // 2),
                 }
-                done = subprocess.run(
-                    [sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True, check=False
-                )
-                if done.returncode != 0:
-                    print(f"failed: {case}: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+                try:
+                    row = {**case, **run_case_in_subprocess(__file__, case)}
+                except CaseFailedError as err:
+                    print(f"failed: {case}: {err}", file=sys.stderr)
                     continue
-                row = {**case, **json.loads(done.stdout.strip().splitlines()[-1])}
                 row["layout"] = ("channels-last" if channels_last else "channels-first") + (
                     " +BN fold" if fold_norm else ""
                 )

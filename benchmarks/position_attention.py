@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, measure, print_table, write_json
+from common import CaseFailedError, machine, measure, print_table, run_case_in_subprocess, write_json
 
 
 def naive(module, x: torch.Tensor) -> torch.Tensor:
@@ -81,13 +80,12 @@ def main() -> None:
                 "repeats": args.repeats,
                 "compare": impl == "ours (SDPA)" and naive_gib <= args.naive_limit_gib / 3,
             }
-            done = subprocess.run(
-                [sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True, check=False
-            )
-            if done.returncode != 0:
+            try:
+                result = run_case_in_subprocess(__file__, case)
+            except CaseFailedError:
                 rows.append({"impl": impl, "positions": f"{edge}^3", "skipped": "failed (out of memory?)"})
                 continue
-            row = {"impl": impl, "positions": f"{edge}^3", "n": positions, **json.loads(done.stdout.splitlines()[-1])}
+            row = {"impl": impl, "positions": f"{edge}^3", "n": positions, **result}
             rows.append(row)
             print(f"{impl:12s} {edge}^3: {row['median_s']:.3f} s, {row['peak_mem_mib']:.0f} MiB", flush=True)
     by_size = {}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_bytes, print_table, write_json
+from common import machine, peak_rss_bytes, print_table, run_case_in_subprocess, write_json
 
 CHANNELS = (16, 32, 64, 128, 256)
 
@@ -103,10 +102,7 @@ def main() -> None:
                 "output": str(work / pipeline.replace(" ", "_")),
                 "precision": args.precision,
             }
-            done = subprocess.run(
-                [sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True, check=True
-            )
-            row = {"pipeline": pipeline, **json.loads(done.stdout.strip().splitlines()[-1])}
+            row = {"pipeline": pipeline, **run_case_in_subprocess(__file__, case)}
             row["voxels_per_s"] = voxels / row["total_s"]
             rows.append(row)
             print(f"{pipeline}: {row['total_s']:.1f} s", flush=True)
