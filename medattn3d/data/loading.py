@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import ITKReader
+from monai.data import ITKReader, NibabelReader
 from monai.transforms import LoadImage, MapTransform
 
 from medattn3d.data.dicom import inspect_series
@@ -20,6 +20,26 @@ from medattn3d.errors import InputError
 
 # MONAI logs a warning about an optional GPU DICOM decoder each time a loader is built: noise for our users.
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class RowMajorNibabelReader(NibabelReader):
+    """MONAI's ``NibabelReader`` that reorders NIfTI's column-major voxels with a multi-threaded torch copy.
+
+    MONAI makes every loaded array C-contiguous with numpy, a single-threaded transposing copy (0.5 s for a
+    512 x 512 x 128 float CT here, 0.2 s this way). Dtypes torch cannot hold are left to MONAI.
+    """
+
+    def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
+        data = super()._get_array_data(img, filename)
+        if isinstance(data, np.ndarray) and data.ndim > 1 and not data.flags.c_contiguous:
+            try:
+                return torch.from_numpy(data).contiguous().numpy()
+            except (TypeError, ValueError):  # e.g. big-endian or unsigned types torch does not support
+                return data
+        return data
 
 
 def source_path(data: Any) -> str:
@@ -51,7 +71,8 @@ def load_volume(path: str | Path, series_uid: str | None = None, image_only: boo
         return image
     if path.stat().st_size == 0:
         raise InputError(path, "is an empty file")
-    return _read(LoadImage(image_only=image_only), path, path)
+    reader = RowMajorNibabelReader() if path.name.lower().endswith(NIFTI_SUFFIXES) else None
+    return _read(LoadImage(reader=reader, image_only=image_only), path, path)
 
 
 def _read(loader: LoadImage, source: Path, shown: Path) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -17,13 +18,13 @@ from monai.transforms import (
     RandShiftIntensityd,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
-    Spacingd,
     SpatialPadd,
     SqueezeDimd,
     Transform,
 )
 
 from medattn3d.data.loading import CheckVolumed, LoadVolumed
+from medattn3d.data.resample import FastInverseSpacingd
 
 STAGES = ("train", "val", "infer")
 MODALITIES = ("ct", "mri")
@@ -110,7 +111,8 @@ def segmentation_transforms(
     if axcodes:
         steps.append(Orientationd(keys, axcodes=axcodes, labels=None))
     if pixdim is not None:
-        steps.append(Spacingd(keys, pixdim=pixdim, mode=interpolation))
+        # fp32 resampling (MONAI's default is float64: twice the memory traffic for no visible gain), inverted separably
+        steps.append(FastInverseSpacingd(keys, pixdim=pixdim, mode=interpolation, dtype=torch.float32))
     steps += intensity_transforms(modality, image_key, hu_window, mri_normalization, percentiles)
     if stage == "train":
         patch = list(roi_size) if spatial_dims == 3 else [*roi_size, 1]

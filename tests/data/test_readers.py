@@ -33,6 +33,16 @@ def test_nifti_keeps_values_and_affine(tmp_path):
     assert np.allclose(np.asarray(image.affine), affine, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["<i2", ">i2", "<f4", ">f8", "<u2", "u1"])
+def test_nifti_of_any_byte_order_and_type_loads_exactly_in_row_major_order(tmp_path, dtype):
+    array = np.random.default_rng(2).integers(0, 200, size=(7, 5, 6)).astype(dtype)
+    path = tmp_path / "v.nii"
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+    image = load_volume(path)
+    assert np.array_equal(np.asarray(image), array.astype(np.float32))
+    assert image.as_tensor().is_contiguous()
+
+
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
 def test_itk_formats_match_the_geometry_they_were_written_with(tmp_path, suffix):
     array_zyx = np.random.default_rng(1).integers(-100, 100, size=(5, 6, 7)).astype(np.int16)
