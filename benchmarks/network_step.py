@@ -66,14 +66,26 @@ def run_case(case: dict) -> dict:
         layout = torch.channels_last_3d if dims == 3 else torch.channels_last
         network = network.to(memory_format=layout)
         x = x.contiguous(memory_format=layout)
-    if case["fold_norm"]:
-        from medattn3d.inference import fold_batch_norm
-
-        fold_batch_norm(network.eval())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network.eval()(x)
+    forward_gflop = counter.get_total_flops() / 1e9
     dtype = torch.bfloat16 if case["precision"] == "bf16" else torch.float32
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
-    if case["mode"] == "infer":
-        network.eval()
+    if case["mode"] == "infer" and case["fold_norm"]:
+        # exactly what the bundles' inference.json runs: BatchNorm folded, in-place activations, bf16 weights
+        from monai.inferers import SimpleInferer
+
+        from medattn3d.inference import PrecisionInferer
+
+        inferer = PrecisionInferer(
+            SimpleInferer(), case["precision"], case["channels_last"], fold_norm=True, cast_weights=True
+        )
+
+        def step() -> None:
+            with torch.no_grad():
+                inferer(x, network)
+
+    elif case["mode"] == "infer":
 
         def step() -> None:
             with torch.no_grad(), autocast:
@@ -88,9 +100,6 @@ def run_case(case: dict) -> dict:
             network.zero_grad(set_to_none=True)
 
     result = measure(step, repeats=case["repeats"], warmup=1)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        network.eval()(x)
-    forward_gflop = counter.get_total_flops() / 1e9
     result["gflop"] = forward_gflop * (3 if case["mode"] == "train" else 1)
     result["gflop_per_s"] = result["gflop"] / result["median_s"]
     result["params_m"] = sum(p.numel() for p in network.parameters()) / 1e6
@@ -133,7 +142,7 @@ def main() -> None:
                     print(f"failed: {case}: {err}", file=sys.stderr)
                     continue
                 row["layout"] = ("channels-last" if channels_last else "channels-first") + (
-                    " +BN fold" if fold_norm else ""
+                    " +inference prep" if fold_norm else ""
                 )
                 rows.append(row)
                 print(f"{mode:5s} {net:24s} {precision} {row['layout']:24s} {row['median_s']:.3f} s", flush=True)

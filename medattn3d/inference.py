@@ -67,12 +67,22 @@ class PrecisionInferer(Inferer):
         precision: ``"auto"`` (bf16 where the hardware has fast bf16, else fp32), ``"fp32"``, ``"bf16"``, ``"fp16"``.
         channels_last: convert the network (once) and each input window to channels-last; conv kernels on CPU and
             GPU are faster in that layout.
-        fold_norm: fold BatchNorm into the preceding convolutions (once, in place) when the network is in eval
-            mode: for inference-only networks (the bundles' ``inference.json``), never for one still training.
+        fold_norm: prepare an inference-only network (the bundles' ``inference.json``), once, in place, when it is
+            in eval mode: fold BatchNorm into the preceding convolutions and run those blocks' activations in place.
+            Never for a network still training.
+        cast_weights: with bf16, also cast an eval-mode network's weights to bf16 once and run it on bf16 inputs
+            without autocast: no per-call weight casts, and pooling/upsampling stay in bf16 instead of autocast's
+            fp32 round trips (about 15 % faster on CPU). bf16 keeps fp32's range, so nothing overflows; ignored for
+            fp16 and fp32.
     """
 
     def __init__(
-        self, inferer: Inferer, precision: str = "auto", channels_last: bool = True, fold_norm: bool = False
+        self,
+        inferer: Inferer,
+        precision: str = "auto",
+        channels_last: bool = True,
+        fold_norm: bool = False,
+        cast_weights: bool = False,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -81,8 +91,10 @@ class PrecisionInferer(Inferer):
         self.precision = precision
         self.channels_last = channels_last
         self.fold_norm = fold_norm
+        self.cast_weights = cast_weights
         self._converted: set[int] = set()
         self._folded: set[int] = set()
+        self._cast: set[int] = set()
 
     def _prepare(self, network: nn.Module, ndim: int) -> None:
         layout = memory_format_for(ndim)
@@ -91,7 +103,17 @@ class PrecisionInferer(Inferer):
             self._converted.add(id(network))
         if self.fold_norm and not network.training and id(network) not in self._folded:
             fold_batch_norm(network)
+            make_conv_activations_inplace(network)
             self._folded.add(id(network))
+
+    def _runs_in_bf16(self, network: Any, dtype: torch.dtype | None) -> bool:
+        """Whether this call runs an eval-mode network with bf16 weights (casting them on first use)."""
+        if not (self.cast_weights and dtype == torch.bfloat16 and isinstance(network, nn.Module)) or network.training:
+            return False
+        if id(network) not in self._cast:
+            network.to(torch.bfloat16)
+            self._cast.add(id(network))
+        return True
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
         dtype = autocast_dtype(self.precision, inputs.device)
@@ -102,6 +124,8 @@ class PrecisionInferer(Inferer):
                 self._prepare(network, x.dim())
             if layout is not None:
                 x = x.contiguous(memory_format=layout)
+            if self._runs_in_bf16(network, dtype):
+                return to_float(network(x.to(torch.bfloat16), *a, **k))
             with torch.autocast(device_type=x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 return to_float(network(x, *a, **k))
 
@@ -131,4 +155,20 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
             folded = (bias - norm.running_mean) * scale + norm.bias
             conv.bias = nn.Parameter(folded.to(conv.weight.dtype))
         block.adn.N = nn.Identity()
+    return network
+
+
+def make_conv_activations_inplace(network: nn.Module) -> nn.Module:
+    """Switch the activations inside MONAI ``Convolution`` blocks to in-place where the activation supports it.
+
+    Their input is the block's own fresh convolution output, so overwriting it is safe; an out-of-place ReLU
+    allocates (and page-faults) a new full-size tensor per layer, which costs more than the ReLU itself on CPU.
+    Inference only (autograd needs the pre-activation for some activations). Returns ``network``.
+    """
+    from monai.networks.blocks import Convolution
+
+    for block in network.modules():
+        activation = getattr(getattr(block, "adn", None), "A", None) if isinstance(block, Convolution) else None
+        if activation is not None and hasattr(activation, "inplace"):
+            activation.inplace = True
     return network

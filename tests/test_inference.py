@@ -5,7 +5,7 @@ import torch
 from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 
 from medattn3d.inference import PrecisionInferer, autocast_dtype, cpu_supports_bf16
-from medattn3d.networks import AttentionUNet
+from medattn3d.networks import AttentionUNet, MultiScaleGuidedAttentionNet
 
 SMALL = {"channels": (8, 16, 32, 64), "strides": (2, 2, 2)}
 
@@ -86,3 +86,41 @@ def test_folding_is_skipped_while_training():
     net = AttentionUNet(3, 1, 2, **SMALL).train()
     PrecisionInferer(SimpleInferer(), precision="fp32", fold_norm=True)(torch.randn(2, 1, 16, 16, 16), net)
     assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
+
+
+def _guided_net(spatial_dims: int) -> torch.nn.Module:
+    widths = {"backbone_widths": (8, 16, 16, 32), "feature_channels": 8}
+    return MultiScaleGuidedAttentionNet(spatial_dims, 1, 3, backbone="resnet10", **widths).eval()
+
+
+@pytest.mark.parametrize(
+    ("make_net", "shape"),
+    [
+        (lambda: AttentionUNet(3, 1, 3, **SMALL).eval(), (2, 1, 32, 32, 16)),
+        (lambda: AttentionUNet(2, 1, 3, **SMALL).eval(), (2, 1, 64, 48)),
+        (lambda: _guided_net(3), (1, 1, 32, 32, 32)),
+        (lambda: _guided_net(2), (1, 1, 64, 64)),
+    ],
+)
+def test_bf16_weights_stay_close_to_fp32(make_net, shape):
+    torch.manual_seed(0)
+    net = make_net()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        reference = net(x)
+        inferer = PrecisionInferer(SimpleInferer(), precision="bf16", fold_norm=True, cast_weights=True)
+        got = inferer(x, net)
+    assert all(p.dtype == torch.bfloat16 for p in net.parameters())
+    assert got.dtype == torch.float32
+    assert (got - reference).abs().max() / reference.abs().max() < 0.05
+    assert (got.argmax(1) == reference.argmax(1)).float().mean() > 0.95
+
+
+def test_weights_are_not_cast_while_training_or_in_fp32():
+    net = AttentionUNet(3, 1, 2, **SMALL).train()
+    PrecisionInferer(SimpleInferer(), precision="bf16", cast_weights=True)(torch.randn(2, 1, 16, 16, 16), net)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        PrecisionInferer(SimpleInferer(), precision="fp32", cast_weights=True)(torch.randn(1, 1, 16, 16, 16), net)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
