@@ -71,6 +71,17 @@ def whole_volume(path: Path) -> str:
     return "\n".join(lines)
 
 
+def conv3d_bf16_gradients(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = [
+        "| input D x H x W | kernel | weight-gradient error, plain bf16 | with the guard |",
+        "|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        lines.append(f"| {r['input_dhw']} | {r['kernel']} | {r['error_plain']:.3g} | {r['error_guarded']:.3g} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("network_step_3d", network_step),
@@ -78,6 +89,7 @@ def main() -> None:
         ("position_attention", position_attention),
         ("whole_volume", whole_volume),
         ("precision_accuracy", None),
+        ("conv3d_bf16_gradients", conv3d_bf16_gradients),
     ):
         path = RESULTS / f"{name}.json"
         if not path.is_file():

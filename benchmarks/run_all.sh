@@ -8,3 +8,4 @@ $PY benchmarks/network_step.py --dims 3 --json benchmarks/results/network_step_3
 $PY benchmarks/network_step.py --dims 2 --json benchmarks/results/network_step_2d.json
 $PY benchmarks/position_attention.py --json benchmarks/results/position_attention.json
 $PY benchmarks/whole_volume.py --json benchmarks/results/whole_volume.json
+$PY benchmarks/conv3d_bf16_gradients.py --json benchmarks/results/conv3d_bf16_gradients.json

@@ -8,11 +8,14 @@ losses and metrics stay in full precision); weights and checkpoints are unchange
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 from monai.inferers import Inferer
 from torch import nn
+
+from medattn3d.conv_guard import ShallowConv3dInFp32
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -41,6 +44,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+
+
+def needs_conv3d_guard(dtype: torch.dtype | None, device: torch.device) -> bool:
+    """Whether a step must run shallow conv3d calls in fp32: bf16 autocast on CPU with gradients being recorded
+    (oneDNN's bf16 weight gradients are wrong there, see :mod:`medattn3d.conv_guard`)."""
+    return dtype == torch.bfloat16 and device.type == "cpu" and torch.is_grad_enabled()
 
 
 def to_float(output: Any) -> Any:
@@ -126,7 +135,11 @@ class PrecisionInferer(Inferer):
                 x = x.contiguous(memory_format=layout)
             if self._runs_in_bf16(network, dtype):
                 return to_float(network(x.to(torch.bfloat16), *a, **k))
-            with torch.autocast(device_type=x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            guard = needs_conv3d_guard(dtype, x.device)
+            with (
+                ShallowConv3dInFp32() if guard else contextlib.nullcontext(),
+                torch.autocast(device_type=x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+            ):
                 return to_float(network(x, *a, **k))
 
         return self.inferer(inputs, forward, *args, **kwargs)
