@@ -82,6 +82,39 @@ def conv3d_bf16_gradients(path: Path) -> str:
     return "\n".join(lines)
 
 
+def forward_allocator(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = [
+        "| network | allocator | median s per forward | minor page faults per forward | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        lines.append(
+            f"| {r['net']} | {r['allocator']} | {_fmt(r['median_s'])} | {r['faults_per_forward']:.0f} | "
+            f"{_fmt(r.get('speedup_vs_default'), 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def forward_compile(path: Path) -> str:
+    r = json.loads(path.read_text())["rows"][0]
+    return (
+        "| network | eager s | torch.compile: compile s | compiled s | speed-up |\n|---|---|---|---|---|\n"
+        f"| {r['net']} | {_fmt(r['eager_s'])} | {_fmt(r['compile_s'], 1)} | {_fmt(r['compiled_s'])} | "
+        f"{_fmt(r['speedup'], 2)} |"
+    )
+
+
+def pipeline_steps(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = ["| step | MONAI default s | medattn3d s | speed-up |", "|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(
+            f"| {r['step']} | {_fmt(r['monai_s'], 2)} | {_fmt(r['medattn3d_s'], 2)} | {_fmt(r['speedup'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("network_step_3d", network_step),
@@ -90,6 +123,9 @@ def main() -> None:
         ("whole_volume", whole_volume),
         ("precision_accuracy", None),
         ("conv3d_bf16_gradients", conv3d_bf16_gradients),
+        ("pipeline_steps", pipeline_steps),
+        ("allocator", forward_allocator),
+        ("compile", forward_compile),
     ):
         path = RESULTS / f"{name}.json"
         if not path.is_file():

@@ -1,0 +1,127 @@
+"""Where a 96^3 forward pass spends its time: allocator setting, torch.compile, and a torch.profiler breakdown.
+
+    .venv/bin/python benchmarks/forward_details.py allocator --json benchmarks/results/allocator.json
+    .venv/bin/python benchmarks/forward_details.py compile --json benchmarks/results/compile.json
+    .venv/bin/python benchmarks/forward_details.py profile --net "ours MSGuidedAttention"
+
+``allocator``: median forward time and minor page faults per forward of our AttentionUNet (as ``inference.json``
+runs it) and MONAI's AttentionUnet (fp32), each with glibc's default allocator and with ``tune_cpu_allocator()``,
+every case in a fresh process. ``compile``: the same network of ours eager vs ``torch.compile`` (inductor), compile
+time included. ``profile``: the operators that take the time in one forward pass, by self time and by input shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, measure, print_table, run_case_in_subprocess, write_json
+from network_step import build
+
+SIZE = 96
+
+
+def prepared(net: str) -> tuple[torch.nn.Module, torch.Tensor, object]:
+    """``net`` at 96^3 with the forward the bundles run: ours under PrecisionInferer's inference prep (bf16 where
+    supported), MONAI's networks as MONAI runs them (fp32, channels-first)."""
+    from monai.inferers import SimpleInferer
+
+    from medattn3d.inference import PrecisionInferer
+
+    torch.manual_seed(0)
+    network = build(net, 3).eval()
+    x = torch.randn(1, 1, SIZE, SIZE, SIZE)
+    if net.startswith("ours"):
+        inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True, fold_norm=True, cast_weights=True)
+        return network, x, lambda: inferer(x, network)
+    return network, x, lambda: network(x)
+
+
+def run_allocator_case(case: dict) -> dict:
+    if case["tuned"]:
+        from medattn3d.runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()
+    _, _, forward = prepared(case["net"])
+    with torch.no_grad():
+        forward()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        result = measure(forward, repeats=case["repeats"], warmup=1)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {**result, "faults_per_forward": faults / (case["repeats"] + 1)}
+
+
+def run_compile_case(case: dict) -> dict:
+    from monai.inferers import SimpleInferer
+
+    from medattn3d.inference import PrecisionInferer
+
+    network, x, forward = prepared("ours AttentionUNet")
+    with torch.no_grad():
+        forward()  # the inference prep (fold, in-place activations, bf16 weights) happens on the first call
+        eager = measure(forward, repeats=case["repeats"], warmup=1)["median_s"]
+        compiled = torch.compile(network)
+        inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True, cast_weights=True)
+        start = time.perf_counter()
+        inferer(x, compiled)
+        compile_s = time.perf_counter() - start
+        compiled_s = measure(lambda: inferer(x, compiled), repeats=case["repeats"], warmup=1)["median_s"]
+    return {"eager_s": eager, "compile_s": compile_s, "compiled_s": compiled_s, "speedup": eager / compiled_s}
+
+
+def profile(net: str) -> None:
+    from torch.profiler import profile as torch_profile
+
+    _, _, forward = prepared(net)
+    with torch.no_grad():
+        forward()
+        forward()
+        with torch_profile(record_shapes=True) as prof:
+            forward()
+    averages = prof.key_averages()
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+    by_shape = prof.key_averages(group_by_input_shape=True)
+    print(by_shape.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=30))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["allocator", "compile", "profile"], nargs="?")
+    parser.add_argument("--net", default="ours AttentionUNet")
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--json")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        case = json.loads(args.case)
+        run = run_allocator_case if case["kind"] == "allocator" else run_compile_case
+        print(json.dumps(run(case)))
+        return
+    if args.what == "profile":
+        profile(args.net)
+        return
+    if args.what == "compile":
+        row = {"net": "ours AttentionUNet", **run_case_in_subprocess(__file__, {"kind": "compile", "repeats": 5})}
+        rows = [row]
+        print_table(rows, ["net", "eager_s", "compile_s", "compiled_s", "speedup"])
+    else:
+        rows = []
+        for net in ("ours AttentionUNet", "MONAI AttentionUnet"):
+            for tuned in (False, True):
+                case = {"kind": "allocator", "net": net, "tuned": tuned, "repeats": args.repeats}
+                rows.append({"net": net, "allocator": "tuned" if tuned else "default"})
+                rows[-1].update(run_case_in_subprocess(__file__, case))
+            rows[-1]["speedup_vs_default"] = rows[-2]["median_s"] / rows[-1]["median_s"]
+        print_table(rows, ["net", "allocator", "median_s", "faults_per_forward", "speedup_vs_default"])
+    write_json(args.json, {"benchmark": f"forward_{args.what}", "machine": machine(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
