@@ -4,15 +4,17 @@
     .venv/bin/python benchmarks/forward_details.py compile --json benchmarks/results/compile.json
     .venv/bin/python benchmarks/forward_details.py profile --net "ours MSGuidedAttention"
 
-``allocator``: median forward time and minor page faults per forward of our AttentionUNet (as ``inference.json``
-runs it) and MONAI's AttentionUnet (fp32), each with glibc's default allocator and with ``tune_cpu_allocator()``,
-every case in a fresh process. ``compile``: the same network of ours eager vs ``torch.compile`` (inductor), compile
-time included. ``profile``: the operators that take the time in one forward pass, by self time and by input shape.
+``allocator``: median time and minor page faults per step (inference forward; training forward + backward) of our
+AttentionUNet (as ``inference.json`` / ``train.json`` run it) and MONAI's AttentionUnet (fp32), each with glibc's
+default allocator and with ``tune_cpu_allocator()``, every case in a fresh process. ``compile``: our inference
+forward eager vs ``torch.compile`` (inductor), compile time included. ``profile``: the operators that take the time
+in one forward pass, by self time and by input shape.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -28,16 +30,28 @@ from network_step import build
 SIZE = 96
 
 
-def prepared(net: str) -> tuple[torch.nn.Module, torch.Tensor, object]:
-    """``net`` at 96^3 with the forward the bundles run: ours under PrecisionInferer's inference prep (bf16 where
-    supported), MONAI's networks as MONAI runs them (fp32, channels-first)."""
+def prepared(net: str, mode: str = "infer") -> tuple[torch.nn.Module, torch.Tensor, object]:
+    """``net`` at 96^3 with the step the bundles run: ours under PrecisionInferer (inference prep for ``infer``,
+    bf16 autocast and channels-last for ``train``), MONAI's networks as MONAI runs them (fp32, channels-first)."""
     from monai.inferers import SimpleInferer
 
-    from medattn3d.inference import PrecisionInferer
+    from medattn3d.inference import PrecisionInferer, to_float
 
     torch.manual_seed(0)
     network = build(net, 3).eval()
     x = torch.randn(1, 1, SIZE, SIZE, SIZE)
+    if mode == "train":
+        network.train()
+        inferer = PrecisionInferer(
+            SimpleInferer(), "auto" if net.startswith("ours") else "fp32", net.startswith("ours")
+        )
+
+        def train_step() -> None:
+            outputs = to_float(inferer(x, network))
+            sum(o.mean() for o in (outputs if isinstance(outputs, list) else [outputs])).backward()
+            network.zero_grad(set_to_none=True)
+
+        return network, x, train_step
     if net.startswith("ours"):
         inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True, fold_norm=True, cast_weights=True)
         return network, x, lambda: inferer(x, network)
@@ -49,11 +63,11 @@ def run_allocator_case(case: dict) -> dict:
         from medattn3d.runtime import tune_cpu_allocator
 
         tune_cpu_allocator()
-    _, _, forward = prepared(case["net"])
-    with torch.no_grad():
-        forward()
+    _, _, step = prepared(case["net"], case["mode"])
+    with torch.no_grad() if case["mode"] == "infer" else contextlib.nullcontext():
+        step()
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        result = measure(forward, repeats=case["repeats"], warmup=1)
+        result = measure(step, repeats=case["repeats"], warmup=1)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return {**result, "faults_per_forward": faults / (case["repeats"] + 1)}
 
@@ -113,13 +127,15 @@ def main() -> None:
         print_table(rows, ["net", "eager_s", "compile_s", "compiled_s", "speedup"])
     else:
         rows = []
-        for net in ("ours AttentionUNet", "MONAI AttentionUnet"):
-            for tuned in (False, True):
-                case = {"kind": "allocator", "net": net, "tuned": tuned, "repeats": args.repeats}
-                rows.append({"net": net, "allocator": "tuned" if tuned else "default"})
-                rows[-1].update(run_case_in_subprocess(__file__, case))
-            rows[-1]["speedup_vs_default"] = rows[-2]["median_s"] / rows[-1]["median_s"]
-        print_table(rows, ["net", "allocator", "median_s", "faults_per_forward", "speedup_vs_default"])
+        for mode in ("infer", "train"):
+            for net in ("ours AttentionUNet", "MONAI AttentionUnet"):
+                for tuned in (False, True):
+                    repeats = args.repeats if mode == "infer" else max(2, args.repeats // 2)
+                    case = {"kind": "allocator", "net": net, "mode": mode, "tuned": tuned, "repeats": repeats}
+                    rows.append({"mode": mode, "net": net, "allocator": "tuned" if tuned else "default"})
+                    rows[-1].update(run_case_in_subprocess(__file__, case))
+                rows[-1]["speedup_vs_default"] = rows[-2]["median_s"] / rows[-1]["median_s"]
+        print_table(rows, ["mode", "net", "allocator", "median_s", "faults_per_forward", "speedup_vs_default"])
     write_json(args.json, {"benchmark": f"forward_{args.what}", "machine": machine(), "rows": rows})
 
 

@@ -85,13 +85,13 @@ def conv3d_bf16_gradients(path: Path) -> str:
 def forward_allocator(path: Path) -> str:
     data = json.loads(path.read_text())
     lines = [
-        "| network | allocator | median s per forward | minor page faults per forward | speed-up |",
-        "|---|---|---|---|---|",
+        "| step | network | allocator | median s per step | minor page faults per step | speed-up |",
+        "|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         lines.append(
-            f"| {r['net']} | {r['allocator']} | {_fmt(r['median_s'])} | {r['faults_per_forward']:.0f} | "
-            f"{_fmt(r.get('speedup_vs_default'), 2)} |"
+            f"| {r['mode']} | {r['net']} | {r['allocator']} | {_fmt(r['median_s'])} | "
+            f"{r['faults_per_forward']:.0f} | {_fmt(r.get('speedup_vs_default'), 2)} |"
         )
     return "\n".join(lines)
 
