@@ -79,9 +79,10 @@ def precision_accuracy(path: Path) -> str:
 
 
 def conv3d_bf16_gradients(path: Path) -> str:
-    header = ["input D x H x W", "kernel", "weight-gradient error, plain bf16", "with the guard"]
+    header = ["layer", "input D x H x W", "kernel", "weight-gradient error, plain bf16", "with the guard"]
     rows = (
-        [r["input_dhw"], str(r["kernel"]), f"{r['error_plain']:.3g}", f"{r['error_guarded']:.3g}"] for r in _rows(path)
+        [r["layer"], r["input_dhw"], str(r["kernel"]), f"{r['error_plain']:.3g}", f"{r['error_guarded']:.3g}"]
+        for r in _rows(path)
     )
     return _table(header, rows)
 

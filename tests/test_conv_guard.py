@@ -18,14 +18,17 @@ def test_shallow_means_strictly_between_one_and_the_kernel():
     assert not is_shallow_conv3d(torch.zeros(1, 4, 2, 8), torch.zeros(4, 4, 3, 3))
 
 
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("depth", [2, 4])
-def test_weight_gradient_of_a_bf16_training_step_matches_fp32(depth):
+def test_weight_gradient_of_a_bf16_training_step_matches_fp32(depth, transposed):
     torch.manual_seed(0)
-    conv = torch.nn.Conv3d(64, 64, 3, padding=1, bias=False)
+    layer = torch.nn.ConvTranspose3d if transposed else torch.nn.Conv3d
+    function = torch.nn.functional.conv_transpose3d if transposed else torch.nn.functional.conv3d
+    conv = layer(64, 64, 3, padding=1, bias=False)
     x = torch.randn(4, 64, depth, 8, 8)
     target = torch.randn(4, 64, depth, 8, 8)
     reference = conv.weight.detach().clone().requires_grad_()
-    ((torch.nn.functional.conv3d(x, reference, padding=1) - target) ** 2).mean().backward()
+    ((function(x, reference, padding=1) - target) ** 2).mean().backward()
     output = PrecisionInferer(SimpleInferer(), precision="bf16", channels_last=True)(x, conv)
     ((output - target) ** 2).mean().backward()
     relative_error = (conv.weight.grad - reference.grad).abs().max() / reference.grad.abs().max()
