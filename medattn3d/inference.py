@@ -3,7 +3,9 @@
 MONAI's engines only autocast on CUDA (``amp=True``); :class:`PrecisionInferer` wraps the inferer instead, so the
 same switch works on CPU (bf16, where the CPU supports it) and GPU, for ``SimpleInferer`` in training and
 ``SlidingWindowInferer``/``SliceInferer`` in evaluation. Outputs come back as float32 (the sliding-window buffers,
-losses and metrics stay in full precision); weights and checkpoints are unchanged.
+losses and metrics stay in full precision). Training leaves the weights in fp32; ``fold_norm`` / ``cast_weights``
+change an inference-only network in memory (never its checkpoint file). During bf16 training on CPU, 3D
+convolutions on inputs shallower than their kernel run in fp32 (:mod:`medattn3d.conv_guard`).
 """
 
 from __future__ import annotations
