@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,47 @@ import torch
 from ignite.engine import Engine, Events
 
 from medattn3d.training.checkpoints import atomic_write_text, is_main_process
+
+
+def foreground_names(class_names: list[str] | dict[str, str] | None) -> list[str]:
+    """Foreground class names in label order: a list as given, or a manifest's ``labels`` without the background."""
+    if isinstance(class_names, dict):
+        return [v for k, v in sorted(class_names.items(), key=lambda kv: int(kv[0])) if k != "0"]
+    return list(class_names or [])
+
+
+class ValidationLog:
+    """``epoch_print_logger`` for MONAI's ``StatsHandler`` on a validator: one line per validation with every
+    scalar metric, the per-class Dice under the class names, and the best key metric so far.
+
+    MONAI's default prints a per-class tensor glued to the next metric (``tensor([0.74, 0.64])val_mean_dice``) and
+    without names; this is what a reader of the training log wants instead.
+    """
+
+    def __init__(
+        self, class_names: list[str] | dict[str, str] | None = None, logger_name: str = "medattn3d.training"
+    ) -> None:
+        self.class_names = foreground_names(class_names)
+        self.logger = logging.getLogger(logger_name)
+
+    def format(self, engine: Engine) -> str:
+        """The line for the engine's current state."""
+        parts = [f"Epoch[{engine.state.epoch}] validation"]
+        for name, value in engine.state.metrics.items():
+            values = torch.as_tensor(value).flatten().tolist() if not isinstance(value, (int, float)) else [value]
+            if len(values) == 1:
+                parts.append(f"{name} {float(values[0]):.4f}")
+            else:
+                names = self.class_names if len(self.class_names) == len(values) else []
+                names = names or [f"class{i + 1}" for i in range(len(values))]
+                parts.append(f"{name}: " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, values, strict=True)))
+        if getattr(engine.state, "key_metric_name", None):
+            best, epoch = engine.state.best_metric, engine.state.best_metric_epoch
+            parts.append(f"best {engine.state.key_metric_name} {best:.4f} at epoch {epoch}")
+        return " | ".join(parts)
+
+    def __call__(self, engine: Engine) -> None:
+        self.logger.info(self.format(engine))
 
 
 class TrainingReport:
@@ -33,9 +75,7 @@ class TrainingReport:
     ) -> None:
         self.output_dir = Path(output_dir)
         self.validator = validator
-        if isinstance(class_names, dict):  # a manifest's labels: drop the background
-            class_names = [v for k, v in sorted(class_names.items(), key=lambda kv: int(kv[0])) if k != "0"]
-        self.class_names = list(class_names or [])
+        self.class_names = foreground_names(class_names)
         self.per_class_metric = per_class_metric
         self.history: dict[str, list[Any]] = {"epoch": [], "loss": [], "val_epoch": [], "val_dice": [], "val_mean": []}
         self._losses: list[float] = []
