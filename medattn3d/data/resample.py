@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import to_affine_nd
 from monai.transforms import Spacingd as MonaiSpacingd
 from monai.transforms import SpatialResample
 from monai.utils import TraceKeys, convert_to_numpy, get_torch_dtype_from_string
@@ -82,7 +83,10 @@ class SeparableSpatialResample(SpatialResample):
             return super().inverse(data)
         spatial_dims = data.dim() - 1
         # voxel indices of the original grid -> voxel indices of the current one, as MONAI's inverse computes it
-        xform = np.linalg.solve(_affine_nd(data.affine, spatial_dims), _affine_nd(info["src_affine"], spatial_dims))
+        current, original = (
+            to_affine_nd(spatial_dims, convert_to_numpy(a, dtype=np.float64)) for a in (data.affine, info["src_affine"])
+        )
+        xform = np.linalg.solve(current, original)
         mapping = axis_aligned_map(xform)
         if mapping is None:
             return super().inverse(data)
@@ -100,13 +104,6 @@ class SeparableSpatialResample(SpatialResample):
                 lazy=False,
             )
         return MetaTensor(values.to(torch.float32)).copy_meta_from(meta)
-
-
-def _affine_nd(affine: torch.Tensor | np.ndarray, spatial_dims: int) -> np.ndarray:
-    """The ``spatial_dims``-D part of a (possibly 4 x 4) affine, as float64 numpy."""
-    matrix = convert_to_numpy(affine, dtype=np.float64)
-    keep = [*range(spatial_dims), matrix.shape[0] - 1]
-    return matrix[np.ix_(keep, keep)]
 
 
 class FastInverseSpacingd(MonaiSpacingd):
