@@ -5,7 +5,8 @@
 For each layer, input shape and kernel (stride 1, "same" padding), one forward + backward of a 64-channel layer
 under CPU bf16 autocast, the weight
 gradient compared with fp32 on the same (bf16-rounded) values: relative max error plain and inside
-``medattn3d.conv_guard.ShallowConv3dInFp32``. bf16 rounding alone gives about 0.003; a wrong kernel gives ~1 or far
+``medattn3d.engine.conv_guard.ShallowConv3dInFp32``. bf16 rounding alone gives about 0.003; a wrong kernel
+gives ~1 or far
 more. Rerun it after a PyTorch upgrade to see whether the guard is still needed.
 """
 
@@ -37,7 +38,7 @@ CASES = (
 
 
 def relative_weight_gradient_error(layer: str, shape: tuple[int, int, int], kernel: int, guarded: bool) -> float:
-    from medattn3d.conv_guard import ShallowConv3dInFp32
+    from medattn3d.engine.conv_guard import ShallowConv3dInFp32
 
     torch.manual_seed(0)
     conv = getattr(torch.nn, layer)(64, 64, kernel, padding=kernel // 2, bias=False)

@@ -35,7 +35,7 @@ def prepared(net: str, mode: str = "infer") -> tuple[torch.nn.Module, torch.Tens
     bf16 autocast and channels-last for ``train``), MONAI's networks as MONAI runs them (fp32, channels-first)."""
     from monai.inferers import SimpleInferer
 
-    from medattn3d.inference import PrecisionInferer, to_float
+    from medattn3d.engine.precision import PrecisionInferer, to_float
 
     torch.manual_seed(0)
     network = build(net, 3).eval()
@@ -60,7 +60,7 @@ def prepared(net: str, mode: str = "infer") -> tuple[torch.nn.Module, torch.Tens
 
 def run_allocator_case(case: dict) -> dict:
     if case["tuned"]:
-        from medattn3d.runtime import tune_cpu_allocator
+        from medattn3d.engine.runtime import tune_cpu_allocator
 
         tune_cpu_allocator()
     _, _, step = prepared(case["net"], case["mode"])
@@ -75,7 +75,7 @@ def run_allocator_case(case: dict) -> dict:
 def run_compile_case(case: dict) -> dict:
     from monai.inferers import SimpleInferer
 
-    from medattn3d.inference import PrecisionInferer
+    from medattn3d.engine.precision import PrecisionInferer
 
     network, x, forward = prepared("ours AttentionUNet")
     with torch.no_grad():

@@ -75,7 +75,7 @@ def run_case(case: dict) -> dict:
         # exactly what the bundles' inference.json runs: BatchNorm folded, in-place activations, bf16 weights
         from monai.inferers import SimpleInferer
 
-        from medattn3d.inference import PrecisionInferer
+        from medattn3d.engine.precision import PrecisionInferer
 
         inferer = PrecisionInferer(
             SimpleInferer(), case["precision"], case["channels_last"], fold_norm=True, cast_weights=True

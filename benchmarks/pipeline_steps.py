@@ -58,7 +58,7 @@ def main() -> None:
     from monai.transforms import AsDiscreted, EnsureChannelFirst, LoadImage, Spacingd
 
     from medattn3d.data import FastInverseSpacingd, load_volume
-    from medattn3d.data.output import ChannelArgmaxd
+    from medattn3d.outputs.prediction import ChannelArgmaxd
 
     work = Path(tempfile.mkdtemp(prefix="medattn3d-steps-"))
     try:

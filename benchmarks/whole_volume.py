@@ -53,12 +53,13 @@ def run_pipeline(case: dict) -> dict:
     from monai.inferers import SlidingWindowInferer
     from monai.networks.nets import AttentionUnet
 
-    from medattn3d.data import ct_transforms, prediction_writer
-    from medattn3d.inference import PrecisionInferer
+    from medattn3d.data import ct_transforms
+    from medattn3d.engine.precision import PrecisionInferer
     from medattn3d.networks import AttentionUNet
+    from medattn3d.outputs import prediction_writer
 
     if case["tuned_allocator"]:
-        from medattn3d.runtime import tune_cpu_allocator
+        from medattn3d.engine.runtime import tune_cpu_allocator
 
         tune_cpu_allocator()
     torch.manual_seed(0)

@@ -23,8 +23,8 @@ from monai.transforms import Compose, Invertd, SaveImaged
 from torch import nn
 
 from medattn3d.data.loading import source_path
-from medattn3d.data.output import prediction_writer
 from medattn3d.networks.utils import linear_mode, resize_to
+from medattn3d.outputs.prediction import prediction_writer
 
 
 def attention_names(network: nn.Module) -> list[str]:

@@ -3,7 +3,6 @@
 from medattn3d.data.demo import generate_demo_dataset
 from medattn3d.data.loading import CheckVolumed, LoadVolumed, load_volume
 from medattn3d.data.manifest import build_manifest, load_datalist, read_manifest
-from medattn3d.data.output import prediction_writer
 from medattn3d.data.resample import FastInverseSpacingd, linear_resample
 from medattn3d.data.transforms import ct_transforms, mri_transforms, segmentation_transforms
 
@@ -18,7 +17,6 @@ __all__ = [
     "linear_resample",
     "load_volume",
     "mri_transforms",
-    "prediction_writer",
     "read_manifest",
     "segmentation_transforms",
 ]

@@ -84,7 +84,7 @@ def segmentation_transforms(
     intensities (:func:`intensity_transforms`). ``train`` adds padding to the patch size, foreground-aware random
     patches (``RandCropByPosNegLabeld``), optional flips/rot90 and random intensity scale/shift. ``val`` keeps the
     whole labelled volume (for sliding-window evaluation); ``infer`` the same for the image alone (and is the
-    pipeline :func:`medattn3d.data.output.prediction_writer` inverts).
+    pipeline :func:`medattn3d.outputs.prediction.prediction_writer` inverts).
 
     With ``spatial_dims=2`` the volumes stay 3D and training takes axial slices: patches of ``(*roi_size, 1)``
     squeezed to 2D; validation and inference run the 2D network slice by slice (``monai.inferers.SliceInferer``).

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from medattn3d.data.output import prediction_writer
 from medattn3d.data.transforms import ct_transforms
+from medattn3d.outputs.prediction import prediction_writer
 from tests.helpers import blob_mask, oblique_affine, save_nifti, write_dicom_series
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -89,7 +89,7 @@ def test_dicom_series_prediction_is_written_as_nifti_in_the_series_geometry(tmp_
 def test_channel_argmax_equals_torch_argmax_and_keeps_meta():
     from monai.data import MetaTensor
 
-    from medattn3d.data.output import ChannelArgmaxd
+    from medattn3d.outputs.prediction import ChannelArgmaxd
 
     scores = torch.rand(5, 7, 6, 4)
     scores[:, 0, 0, 0] = 0.5  # a tie: the lower class wins, as with argmax

@@ -4,7 +4,7 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 
-from medattn3d.inference import PrecisionInferer, autocast_dtype, cpu_supports_bf16
+from medattn3d.engine.precision import PrecisionInferer, autocast_dtype, cpu_supports_bf16
 from medattn3d.networks import AttentionUNet, MultiScaleGuidedAttentionNet
 
 SMALL = {"channels": (8, 16, 32, 64), "strides": (2, 2, 2)}

@@ -5,7 +5,7 @@ same switch works on CPU (bf16, where the CPU supports it) and GPU, for ``Simple
 ``SlidingWindowInferer``/``SliceInferer`` in evaluation. Outputs come back as float32 (the sliding-window buffers,
 losses and metrics stay in full precision). Training leaves the weights in fp32; ``fold_norm`` / ``cast_weights``
 change an inference-only network in memory (never its checkpoint file). During bf16 training on CPU, 3D
-convolutions on inputs shallower than their kernel run in fp32 (:mod:`medattn3d.conv_guard`).
+convolutions on inputs shallower than their kernel run in fp32 (:mod:`medattn3d.engine.conv_guard`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from medattn3d.conv_guard import ShallowConv3dInFp32
+from medattn3d.engine.conv_guard import ShallowConv3dInFp32
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -50,7 +50,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def needs_conv3d_guard(dtype: torch.dtype | None, device: torch.device) -> bool:
     """Whether a step must run shallow conv3d calls in fp32: bf16 autocast on CPU with gradients being recorded
-    (oneDNN's bf16 weight gradients are wrong there, see :mod:`medattn3d.conv_guard`)."""
+    (oneDNN's bf16 weight gradients are wrong there, see :mod:`medattn3d.engine.conv_guard`)."""
     return dtype == torch.bfloat16 and device.type == "cpu" and torch.is_grad_enabled()
 
 

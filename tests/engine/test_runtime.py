@@ -11,7 +11,7 @@ import pytest
 # the minor page faults of ten steady-state passes.
 PROBE = """
 import json, resource, sys, torch
-from medattn3d.runtime import tune_cpu_allocator
+from medattn3d.engine.runtime import tune_cpu_allocator
 applied = tune_cpu_allocator() if sys.argv[1] == "tuned" else False
 conv = torch.nn.Conv3d(8, 8, 3, padding=1)
 x = torch.randn(1, 8, 64, 64, 64)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer
 
-from medattn3d.conv_guard import ShallowConv3dInFp32, is_shallow_conv3d
-from medattn3d.inference import PrecisionInferer
+from medattn3d.engine.conv_guard import ShallowConv3dInFp32, is_shallow_conv3d
+from medattn3d.engine.precision import PrecisionInferer
 
 
 def test_shallow_means_strictly_between_one_and_the_kernel():

@@ -1,0 +1,1 @@
+"""How a network runs: precision and BatchNorm folding, the bf16 conv guard, the CPU allocator setting."""
