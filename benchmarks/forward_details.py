@@ -35,7 +35,7 @@ def prepared(net: str, mode: str = "infer") -> tuple[torch.nn.Module, torch.Tens
     bf16 autocast and channels-last for ``train``), MONAI's networks as MONAI runs them (fp32, channels-first)."""
     from monai.inferers import SimpleInferer
 
-    from medattn3d.engine.precision import PrecisionInferer, to_float
+    from medattn3d.engine.precision import PrecisionInferer, prepare_for_inference, to_float
 
     torch.manual_seed(0)
     network = build(net, 3).eval()
@@ -53,7 +53,8 @@ def prepared(net: str, mode: str = "infer") -> tuple[torch.nn.Module, torch.Tens
 
         return network, x, train_step
     if net.startswith("ours"):
-        inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True, fold_norm=True, cast_weights=True)
+        prepare_for_inference(network, "auto")
+        inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True)
         return network, x, lambda: inferer(x, network)
     return network, x, lambda: network(x)
 
@@ -79,10 +80,10 @@ def run_compile_case(case: dict) -> dict:
 
     network, x, forward = prepared("ours AttentionUNet")
     with torch.no_grad():
-        forward()  # the inference prep (fold, in-place activations, bf16 weights) happens on the first call
+        forward()  # prepared() already folded BatchNorm, made activations in-place and cast the weights
         eager = measure(forward, repeats=case["repeats"], warmup=1)["median_s"]
         compiled = torch.compile(network)
-        inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True, cast_weights=True)
+        inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True)
         start = time.perf_counter()
         inferer(x, compiled)
         compile_s = time.perf_counter() - start

@@ -75,11 +75,10 @@ def run_case(case: dict) -> dict:
         # exactly what the bundles' inference.json runs: BatchNorm folded, in-place activations, bf16 weights
         from monai.inferers import SimpleInferer
 
-        from medattn3d.engine.precision import PrecisionInferer
+        from medattn3d.engine.precision import PrecisionInferer, prepare_for_inference
 
-        inferer = PrecisionInferer(
-            SimpleInferer(), case["precision"], case["channels_last"], fold_norm=True, cast_weights=True
-        )
+        prepare_for_inference(network, case["precision"], channels_last=case["channels_last"])
+        inferer = PrecisionInferer(SimpleInferer(), case["precision"], case["channels_last"])
 
         def step() -> None:
             with torch.no_grad():

@@ -54,7 +54,7 @@ def run_pipeline(case: dict) -> dict:
     from monai.networks.nets import AttentionUnet
 
     from medattn3d.data import ct_transforms
-    from medattn3d.engine.precision import PrecisionInferer
+    from medattn3d.engine.precision import PrecisionInferer, prepare_for_inference
     from medattn3d.networks import AttentionUNet
     from medattn3d.outputs import prediction_writer
 
@@ -65,10 +65,9 @@ def run_pipeline(case: dict) -> dict:
     torch.manual_seed(0)
     if case["pipeline"] == "ours":
         network = AttentionUNet(3, 1, 4, channels=CHANNELS, strides=(2, 2, 2, 2)).eval()
+        prepare_for_inference(network, case["precision"])
         window = SlidingWindowInferer((96, 96, 96), sw_batch_size=1, overlap=0.25, mode="gaussian")
-        inferer = PrecisionInferer(
-            window, precision=case["precision"], channels_last=True, fold_norm=True, cast_weights=True
-        )
+        inferer = PrecisionInferer(window, precision=case["precision"], channels_last=True)
     else:
         network = AttentionUnet(3, 1, 4, channels=CHANNELS, strides=(2, 2, 2, 2)).eval()
         inferer = SlidingWindowInferer((96, 96, 96), sw_batch_size=1, overlap=0.25, mode="gaussian")

@@ -35,8 +35,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     ``auto`` picks bf16 on CPUs with bf16 kernels and on GPUs that support it, fp16 on other GPUs, else fp32.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -73,58 +72,29 @@ def memory_format_for(ndim: int) -> torch.memory_format | None:
 class PrecisionInferer(Inferer):
     """Run ``inferer`` with the network under autocast and, optionally, in channels-last memory format.
 
+    A network prepared by :func:`prepare_for_inference` with bf16 weights gets bf16 inputs and runs without autocast
+    (no per-call weight casts; pooling/upsampling stay in bf16). Outputs always come back as float32.
+
     Args:
         inferer: any MONAI inferer (``SimpleInferer``, ``SlidingWindowInferer``, ``SliceInferer``, ...).
         precision: ``"auto"`` (bf16 where the hardware has fast bf16, else fp32), ``"fp32"``, ``"bf16"``, ``"fp16"``.
         channels_last: convert the network (once) and each input window to channels-last; conv kernels on CPU and
             GPU are faster in that layout.
-        fold_norm: prepare an inference-only network (the bundles' ``inference.json``), once, in place, when it is
-            in eval mode: fold BatchNorm into the preceding convolutions and run those blocks' activations in place.
-            Never for a network still training.
-        cast_weights: with bf16, also cast an eval-mode network's weights to bf16 once and run it on bf16 inputs
-            without autocast: no per-call weight casts, and pooling/upsampling stay in bf16 instead of autocast's
-            fp32 round trips (about 15 % faster on CPU). bf16 keeps fp32's range, so nothing overflows; ignored for
-            fp16 and fp32.
     """
 
-    def __init__(
-        self,
-        inferer: Inferer,
-        precision: str = "auto",
-        channels_last: bool = True,
-        fold_norm: bool = False,
-        cast_weights: bool = False,
-    ) -> None:
+    def __init__(self, inferer: Inferer, precision: str = "auto", channels_last: bool = True) -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         self.inferer = inferer
         self.precision = precision
         self.channels_last = channels_last
-        self.fold_norm = fold_norm
-        self.cast_weights = cast_weights
         self._converted: set[int] = set()
-        self._folded: set[int] = set()
-        self._cast: set[int] = set()
 
-    def _prepare(self, network: nn.Module, ndim: int) -> None:
+    def _to_layout(self, network: nn.Module, ndim: int) -> None:
         layout = memory_format_for(ndim)
         if self.channels_last and layout is not None and id(network) not in self._converted:
             network.to(memory_format=layout)
             self._converted.add(id(network))
-        if self.fold_norm and not network.training and id(network) not in self._folded:
-            fold_batch_norm(network)
-            make_conv_activations_inplace(network)
-            self._folded.add(id(network))
-
-    def _runs_in_bf16(self, network: Any, dtype: torch.dtype | None) -> bool:
-        """Whether this call runs an eval-mode network with bf16 weights (casting them on first use)."""
-        if not (self.cast_weights and dtype == torch.bfloat16 and isinstance(network, nn.Module)) or network.training:
-            return False
-        if id(network) not in self._cast:
-            network.to(torch.bfloat16)
-            self._cast.add(id(network))
-        return True
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
         dtype = autocast_dtype(self.precision, inputs.device)
@@ -132,10 +102,10 @@ class PrecisionInferer(Inferer):
         def forward(x: torch.Tensor, *a: Any, **k: Any) -> Any:
             layout = memory_format_for(x.dim()) if self.channels_last else None
             if isinstance(network, nn.Module):
-                self._prepare(network, x.dim())
+                self._to_layout(network, x.dim())
             if layout is not None:
                 x = x.contiguous(memory_format=layout)
-            if self._runs_in_bf16(network, dtype):
+            if weights_dtype(network) == torch.bfloat16:
                 return to_float(network(x.to(torch.bfloat16), *a, **k))
             guard = needs_conv3d_guard(dtype, x.device)
             with (
@@ -147,28 +117,91 @@ class PrecisionInferer(Inferer):
         return self.inferer(inputs, forward, *args, **kwargs)
 
 
+def weights_dtype(network: Any) -> torch.dtype | None:
+    """The dtype of ``network``'s first floating parameter (``None`` for a plain callable or a parameterless net)."""
+    if not isinstance(network, nn.Module):
+        return None
+    for parameter in network.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return None
+
+
+def prepare_for_inference(
+    network: nn.Module,
+    precision: str = "auto",
+    device: torch.device | str | None = None,
+    channels_last: bool = True,
+) -> nn.Module:
+    """Turn a network whose trained weights are loaded into an inference-only one, once, in place.
+
+    Eval mode, BatchNorm folded into the preceding convolutions, in-place conv activations, channels-last weights,
+    and bf16 weights when ``precision`` resolves to bf16 on ``device`` (default: where the weights are). The result
+    computes the same function (up to bf16 rounding) but can no longer be trained; the checkpoint file is untouched.
+    Call it after loading the weights, never on a network that is still training. Returns ``network``.
+    """
+    check_precision(precision)
+    network.eval()
+    if device is None:
+        first = next(network.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    fold_batch_norm(network)
+    make_conv_activations_inplace(network)
+    spatial_dims = getattr(network, "spatial_dims", None)
+    layout = memory_format_for(int(spatial_dims) + 2) if channels_last and spatial_dims else None
+    if layout is not None:
+        network.to(memory_format=layout)
+    if autocast_dtype(precision, torch.device(device)) == torch.bfloat16:
+        network.to(torch.bfloat16)
+    return network
+
+
+class PrepareForInference:
+    """Ignite handler: :func:`prepare_for_inference` on ``network`` when the engine starts.
+
+    Place it right after the handler that loads the weights (handlers run in the order they are attached).
+    """
+
+    def __init__(self, network: nn.Module, precision: str = "auto", channels_last: bool = True) -> None:
+        check_precision(precision)
+        self.network, self.precision, self.channels_last = network, precision, channels_last
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any) -> None:
+        device = getattr(engine.state, "device", None) or getattr(engine, "device", None)
+        prepare_for_inference(self.network, self.precision, device, self.channels_last)
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`; a ``ValueError`` naming the choices otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 def fold_batch_norm(network: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a (non-transposed) convolution in a MONAI
-    ``Convolution`` block into that convolution's weights, in place, and drop the norm layer.
+    ``Convolution`` block into that convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``), in place, and drop
+    the norm layer.
 
     Inference only: the folded network computes the same function in ``eval()`` with one memory pass less per
     convolution, but can no longer be trained (the batch statistics are gone). Returns ``network``.
     """
     from monai.networks.blocks import Convolution
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     for block in network.modules():
         if not isinstance(block, Convolution) or not hasattr(block, "adn") or not hasattr(block.adn, "N"):
             continue
         conv, norm = block.conv, block.adn.N
-        if not isinstance(norm, batch_norms) or getattr(conv, "transposed", False) or norm.training:
+        if not isinstance(norm, batch_norms) or getattr(conv, "transposed", False) or norm.training or conv.training:
             continue
-        with torch.no_grad():
-            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))).to(conv.weight.dtype))
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-            folded = (bias - norm.running_mean) * scale + norm.bias
-            conv.bias = nn.Parameter(folded.to(conv.weight.dtype))
+        block.conv = fuse_conv_bn_eval(conv, norm)
         block.adn.N = nn.Identity()
     return network
 

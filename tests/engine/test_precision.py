@@ -4,7 +4,13 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer, SliceInferer, SlidingWindowInferer
 
-from medattn3d.engine.precision import PrecisionInferer, autocast_dtype, cpu_supports_bf16
+from medattn3d.engine.precision import (
+    PrecisionInferer,
+    PrepareForInference,
+    autocast_dtype,
+    cpu_supports_bf16,
+    prepare_for_inference,
+)
 from medattn3d.networks import AttentionUNet, MultiScaleGuidedAttentionNet
 
 SMALL = {"channels": (8, 16, 32, 64), "strides": (2, 2, 2)}
@@ -77,15 +83,21 @@ def test_folding_batch_norm_keeps_the_eval_output(net3d):
     x = torch.randn(1, 1, 32, 32, 16)
     with torch.no_grad():
         expected = net3d(x)
-        got = PrecisionInferer(SimpleInferer(), precision="fp32", channels_last=False, fold_norm=True)(x, net3d)
+        prepare_for_inference(net3d, precision="fp32", channels_last=False)
+        got = PrecisionInferer(SimpleInferer(), precision="fp32", channels_last=False)(x, net3d)
     assert torch.allclose(got, expected, atol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in net3d.modules())
 
 
-def test_folding_is_skipped_while_training():
-    net = AttentionUNet(3, 1, 2, **SMALL).train()
-    PrecisionInferer(SimpleInferer(), precision="fp32", fold_norm=True)(torch.randn(2, 1, 16, 16, 16), net)
-    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
+def test_prepare_handler_runs_once_when_the_engine_starts(net3d):
+    from ignite.engine import Engine
+
+    engine = Engine(lambda e, batch: None)
+    PrepareForInference(net3d, precision="bf16").attach(engine)
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net3d.modules())
+    engine.run([0], max_epochs=1)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in net3d.modules())
+    assert all(p.dtype == torch.bfloat16 for p in net3d.parameters())
 
 
 def _guided_net(spatial_dims: int) -> torch.nn.Module:
@@ -108,19 +120,17 @@ def test_bf16_weights_stay_close_to_fp32(make_net, shape):
     x = torch.randn(shape)
     with torch.no_grad():
         reference = net(x)
-        inferer = PrecisionInferer(SimpleInferer(), precision="bf16", fold_norm=True, cast_weights=True)
-        got = inferer(x, net)
+        got = PrecisionInferer(SimpleInferer(), precision="bf16")(x, prepare_for_inference(net, precision="bf16"))
     assert all(p.dtype == torch.bfloat16 for p in net.parameters())
     assert got.dtype == torch.float32
     assert (got - reference).abs().max() / reference.abs().max() < 0.05
     assert (got.argmax(1) == reference.argmax(1)).float().mean() > 0.95
 
 
-def test_weights_are_not_cast_while_training_or_in_fp32():
+def test_training_networks_keep_fp32_weights_and_fp32_preparation_keeps_fp32():
     net = AttentionUNet(3, 1, 2, **SMALL).train()
-    PrecisionInferer(SimpleInferer(), precision="bf16", cast_weights=True)(torch.randn(2, 1, 16, 16, 16), net)
+    PrecisionInferer(SimpleInferer(), precision="bf16")(torch.randn(2, 1, 16, 16, 16), net)
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    net.eval()
-    with torch.no_grad():
-        PrecisionInferer(SimpleInferer(), precision="fp32", cast_weights=True)(torch.randn(1, 1, 16, 16, 16), net)
+    prepare_for_inference(net, precision="fp32")
+    assert not net.training
     assert all(p.dtype == torch.float32 for p in net.parameters())
