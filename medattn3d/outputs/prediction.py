@@ -1,15 +1,44 @@
-"""Predictions back in the input's geometry: invert the preprocessing, then write one label map per input."""
+"""Predictions back in the input's geometry, written in every requested format: one code path for the bundles'
+``postprocessing`` (:func:`prediction_writer`) and for the CLI runner (:func:`write_case`).
+
+The chain: softmax over the network's logits, invert the preprocessing (reorientation, resampling -- the latter with
+:class:`medattn3d.data.resample.FastInverseSpacingd`'s separable linear inverse) on the probabilities, argmax to a
+label map (:class:`ChannelArgmaxd`), then write the label map (NIfTI, Slicer ``.seg.nrrd``, DICOM SEG), the JSON
+sidecar with per-label voxel counts and volumes, Slicer and ITK-SNAP label tables and, if asked, the probabilities.
+Every file is written atomically: a failure leaves no partial file behind.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Activationsd, Compose, Invertd, MapTransform, SaveImaged
+from monai.transforms import Activationsd, Compose, Invertd, MapTransform
+
+from medattn3d.errors import InputError
+from medattn3d.outputs.atomic import atomic_write_text
+from medattn3d.outputs.formats import spacing_of, write_nifti_labels, write_probabilities, write_seg_nrrd
+from medattn3d.outputs.naming import (
+    FORMAT_SUFFIXES,
+    ITKSNAP_TABLE_SUFFIX,
+    PROBABILITIES_POSTFIX,
+    SIDECAR_SUFFIX,
+    SLICER_TABLE_SUFFIX,
+    check_formats,
+    output_names,
+    split_name,
+)
+from medattn3d.outputs.tables import (
+    class_name_map,
+    itksnap_label_description,
+    label_entries,
+    sidecar,
+    slicer_color_table,
+)
 
 
 class ChannelArgmaxd(MapTransform):
@@ -23,46 +52,231 @@ class ChannelArgmaxd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            scores = d[key]
-            values = scores.as_tensor() if isinstance(scores, MetaTensor) else torch.as_tensor(scores)
-            dtype = torch.uint8 if values.shape[0] <= 256 else torch.int16
-            best = values[0].clone()
-            labels = torch.zeros(values.shape[1:], dtype=dtype, device=values.device)
-            for index in range(1, values.shape[0]):
-                better = values[index] > best
-                best = torch.where(better, values[index], best)
-                labels[better] = index
-            labels = labels[None]
-            d[key] = MetaTensor(labels, meta=scores.meta) if isinstance(scores, MetaTensor) else labels
+            d[key] = channel_argmax(d[key])
+        return d
+
+
+def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``(C, ...)`` scores -> ``(1, ...)`` labels (uint8 up to 256 classes), MetaTensor meta kept."""
+    values = scores.as_tensor() if isinstance(scores, MetaTensor) else torch.as_tensor(scores)
+    dtype = torch.uint8 if values.shape[0] <= 256 else torch.int16
+    best = values[0].clone()
+    labels = torch.zeros(values.shape[1:], dtype=dtype, device=values.device)
+    for index in range(1, values.shape[0]):
+        better = values[index] > best
+        best = torch.where(better, values[index], best)
+        labels[better] = index
+    labels = labels[None]
+    return MetaTensor(labels, meta=scores.meta) if isinstance(scores, MetaTensor) else labels
+
+
+def restore_chain(preprocessing: Compose, image_key: str = "image", pred_key: str = "pred", softmax: bool = True):
+    """Softmax (optional) and the inverse of ``preprocessing`` on ``pred``, linear interpolation: probabilities in
+    the input's grid."""
+    steps = [Activationsd(pred_key, softmax=True)] if softmax else []
+    steps.append(Invertd(pred_key, transform=preprocessing, orig_keys=image_key, nearest_interp=False, to_tensor=True))
+    return Compose(steps)
+
+
+def check_request(source: str | Path, formats: Sequence[str]) -> tuple[str, ...]:
+    """Validate ``formats`` for one input before any compute: ``dicom-seg`` needs a DICOM series folder."""
+    formats = check_formats(formats)
+    if "dicom-seg" in formats and not Path(source).is_dir():
+        raise InputError(source, "--format dicom-seg needs a DICOM series folder as input; this is a file")
+    return formats
+
+
+def _source_of(tensor: Any) -> str:
+    meta = getattr(tensor, "meta", None) or {}
+    return str(meta.get("filename_or_obj", ""))
+
+
+def write_restored(
+    probabilities: torch.Tensor,
+    affine: np.ndarray,
+    output_dir: str | Path,
+    name: str,
+    class_names: Mapping[Any, str] | Sequence[str] | None = None,
+    formats: Sequence[str] = ("nifti",),
+    save_probabilities: bool = False,
+    source: str | Path = "",
+    output_postfix: str = "seg",
+    model_info: Mapping[str, Any] | None = None,
+    series_uid: str | None = None,
+) -> list[Path]:
+    """Write every output of one case from its probabilities ``(C, X, Y, Z)`` in the input's grid (``affine``:
+    voxel -> RAS). Returns the written paths: segmentations in the order of ``formats``, then the sidecar, the Slicer
+    and ITK-SNAP tables, then the probabilities."""
+    formats = check_request(source, formats) if "dicom-seg" in formats else check_formats(formats)
+    output_dir = Path(output_dir)
+    probabilities = (
+        probabilities.as_tensor() if isinstance(probabilities, MetaTensor) else torch.as_tensor(probabilities)
+    )
+    probabilities = probabilities.detach().cpu()
+    affine = np.asarray(affine, dtype=np.float64)
+    labels = channel_argmax(probabilities)[0].numpy()
+    names = class_name_map(class_names, int(probabilities.shape[0]))
+    spacing = spacing_of(affine)
+    entries = label_entries(labels, names, float(np.prod(spacing)))
+    base = output_dir / f"{name}_{output_postfix}"
+    written: list[Path] = []
+    for fmt in formats:
+        path = Path(f"{base}{FORMAT_SUFFIXES[fmt]}")
+        if fmt == "nifti":
+            write_nifti_labels(path, labels, affine)
+        elif fmt == "nrrd":
+            write_seg_nrrd(path, labels, affine, entries)
+        else:
+            from medattn3d.outputs.dicom_seg import write_dicom_seg  # highdicom import only when asked for
+
+            algorithm = str((model_info or {}).get("name", "medattn3d"))
+            write_dicom_seg(path, labels, affine, entries, source, series_uid=series_uid, algorithm=algorithm)
+        written.append(path)
+    probability_path = output_dir / f"{name}_{PROBABILITIES_POSTFIX}.nii.gz"
+    files = {fmt: p.name for fmt, p in zip(formats, written, strict=True)}
+    if save_probabilities:
+        files["probabilities"] = probability_path.name
+    files |= {
+        "slicer_color_table": f"{base.name}{SLICER_TABLE_SUFFIX}",
+        "itksnap_labels": f"{base.name}{ITKSNAP_TABLE_SUFFIX}",
+    }
+    tables = {
+        SLICER_TABLE_SUFFIX: slicer_color_table(entries, base.name),
+        ITKSNAP_TABLE_SUFFIX: itksnap_label_description(entries),
+        SIDECAR_SUFFIX: sidecar(entries, files, str(source), spacing, labels.shape, model_info),
+    }
+    for suffix in (SIDECAR_SUFFIX, SLICER_TABLE_SUFFIX, ITKSNAP_TABLE_SUFFIX):
+        written.append(atomic_write_text(Path(f"{base}{suffix}"), tables[suffix]))
+    if save_probabilities:
+        written.append(write_probabilities(probability_path, probabilities, affine))
+    return written
+
+
+def _as_prediction(pred: Any, image: Any) -> MetaTensor:
+    """The network output as a MetaTensor carrying the preprocessed image's meta and applied operations."""
+    if isinstance(pred, MetaTensor):
+        return pred
+    result = MetaTensor(torch.as_tensor(pred), meta=dict(getattr(image, "meta", {}) or {}))
+    result.applied_operations = list(getattr(image, "applied_operations", []))
+    return result
+
+
+def write_case(
+    pred: torch.Tensor,
+    data: Mapping[Hashable, Any],
+    preprocessing: Compose,
+    output_dir: str | Path,
+    name: str,
+    class_names: Mapping[Any, str] | Sequence[str] | None = None,
+    formats: Sequence[str] = ("nifti",),
+    save_probabilities: bool = False,
+    source: str | Path | None = None,
+    output_postfix: str = "seg",
+    model_info: Mapping[str, Any] | None = None,
+    series_uid: str | None = None,
+    image_key: str = "image",
+    softmax: bool = True,
+) -> list[Path]:
+    """Write one case: ``pred`` = network logits ``(C, ...)`` in network space, ``data`` = the preprocessed dict
+    (its image's meta and applied operations are inverted). ``source`` (default: the image's file) is the input
+    path recorded in the sidecar and, for ``dicom-seg``, the series folder the SEG references. Returns the paths."""
+    image = data[image_key]
+    source = source if source is not None else _source_of(image)
+    formats = check_request(source, formats)
+    restored = restore_chain(preprocessing, image_key, "pred", softmax)(
+        {image_key: image, "pred": _as_prediction(pred, image)}
+    )
+    probabilities = restored["pred"]
+    return write_restored(
+        probabilities,
+        probabilities.affine.numpy() if isinstance(probabilities, MetaTensor) else image.affine.numpy(),
+        output_dir,
+        name,
+        class_names,
+        formats,
+        save_probabilities,
+        source,
+        output_postfix,
+        model_info,
+        series_uid,
+    )
+
+
+class WriteCased(MapTransform):
+    """The writing end of :func:`prediction_writer`: restored probabilities under ``pred_key`` -> every output file
+    of the case (see :func:`write_restored`). The case name is the input's stem, made unique among
+    ``input_paths`` when given (``case.nii.gz`` and ``case.nrrd`` in one run do not overwrite each other)."""
+
+    def __init__(
+        self,
+        pred_key: str,
+        output_dir: str | Path,
+        class_names: Mapping[Any, str] | Sequence[str] | None = None,
+        formats: Sequence[str] = ("nifti",),
+        save_probabilities: bool = False,
+        output_postfix: str = "seg",
+        input_paths: Sequence[str | Path] | None = None,
+        model_info: Mapping[str, Any] | None = None,
+        series_uid: str | None = None,
+    ) -> None:
+        super().__init__(pred_key)
+        self.pred_key, self.output_dir, self.class_names = pred_key, Path(output_dir), class_names
+        self.formats, self.save_probabilities = check_formats(formats), save_probabilities
+        self.output_postfix, self.model_info, self.series_uid = output_postfix, model_info, series_uid
+        self.names = output_names(input_paths) if input_paths else {}
+
+    def name_for(self, source: str) -> str:
+        return self.names.get(Path(source).absolute()) or split_name(source)[0]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        probabilities = d[self.pred_key]
+        source = _source_of(probabilities)
+        written = write_restored(
+            probabilities,
+            probabilities.affine.numpy(),
+            self.output_dir,
+            self.name_for(source),
+            self.class_names,
+            self.formats,
+            self.save_probabilities,
+            source,
+            self.output_postfix,
+            self.model_info,
+            self.series_uid,
+        )
+        d[f"{self.pred_key}_files"] = [str(p) for p in written]
+        d[self.pred_key] = channel_argmax(probabilities)
         return d
 
 
 def prediction_writer(
     preprocessing: Compose,
     output_dir: str | Path,
+    class_names: Mapping[Any, str] | Sequence[str] | None = None,
+    formats: Sequence[str] = ("nifti",),
+    save_probabilities: bool = False,
     output_postfix: str = "seg",
     image_key: str = "image",
     pred_key: str = "pred",
     softmax: bool = True,
-    output_ext: str = ".nii.gz",
+    input_paths: Sequence[str | Path] | None = None,
+    model_info: Mapping[str, Any] | None = None,
+    series_uid: str | None = None,
 ) -> Compose:
-    """Post-processing chain: softmax, invert ``preprocessing`` (reorientation, resampling) on the probabilities with
-    linear interpolation, argmax, write the label map as ``<input name>_<postfix><ext>`` (uint8) with the input's
-    shape, spacing, direction and origin. DICOM-series inputs are written as NIfTI named after their folder.
-    """
-    steps = [Activationsd(pred_key, softmax=softmax)] if softmax else []
-    steps += [
-        Invertd(pred_key, transform=preprocessing, orig_keys=image_key, nearest_interp=False, to_tensor=True),
-        ChannelArgmaxd(pred_key),
-        SaveImaged(
-            pred_key,
-            output_dir=str(output_dir),
-            output_postfix=output_postfix,
-            output_ext=output_ext,
-            resample=False,
-            separate_folder=False,
-            output_dtype=np.uint8,
-            print_log=False,
-        ),
-    ]
-    return Compose(steps)
+    """The bundles' ``postprocessing``: softmax, invert ``preprocessing`` on the probabilities, write every output
+    of the case as :func:`write_case` does (same files, same code). Afterwards ``pred`` holds the label map and
+    ``pred_files`` the written paths."""
+    chain = restore_chain(preprocessing, image_key, pred_key, softmax)
+    writer = WriteCased(
+        pred_key,
+        output_dir,
+        class_names,
+        formats,
+        save_probabilities,
+        output_postfix,
+        input_paths,
+        model_info,
+        series_uid,
+    )
+    return Compose([*chain.transforms, writer])

@@ -1,0 +1,151 @@
+"""DICOM Segmentation (SEG) output with highdicom, for predictions on a DICOM series.
+
+The SEG references the source series and each of its instances frame by frame: the label map (already in the
+series' geometry) is cut into one frame per source slice, matched to that slice by position, and encoded as a
+BINARY segmentation with one segment per class (segment number = label value) carrying its name and codes
+(:mod:`medattn3d.outputs.terminology`). Empty frames are left out (``omit_empty_frames``), as most are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+
+import medattn3d
+from medattn3d.data.dicom import inspect_series
+from medattn3d.errors import InputError
+from medattn3d.outputs.atomic import atomic_path
+from medattn3d.outputs.formats import lps_affine
+from medattn3d.outputs.tables import LabelEntry
+from medattn3d.outputs.terminology import Concept
+
+GRID_TOLERANCE = 1e-2  # voxels: how far a source slice may sit from the prediction grid
+SEG_SERIES_NUMBER = 901
+
+
+def _coded(concept: Concept) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(concept.value, concept.scheme, concept.meaning)
+
+
+def source_headers(folder: str | Path, series_uid: str | None = None) -> list[pydicom.Dataset]:
+    """The headers (no pixels) of the checked, sorted slices of the DICOM series in ``folder``."""
+    series = inspect_series(folder, series_uid)
+    return [pydicom.dcmread(path, stop_before_pixels=True) for path in series.files]
+
+
+def frames_for_sources(
+    labels: np.ndarray, affine_ras: np.ndarray, headers: list[pydicom.Dataset], source: str | Path
+) -> np.ndarray:
+    """``(N, rows, columns)`` frames of ``labels`` (X, Y, Z), frame ``n`` covering ``headers[n]`` pixel for pixel.
+
+    Each source slice's position and in-plane axes are mapped into the label map's voxel grid; they must land on
+    whole voxels of one Z plane with columns along X and rows along Y (how ITK reads a series). Otherwise the
+    prediction is not in the series' geometry and an ``InputError`` names ``source``.
+    """
+    to_index = np.linalg.inv(lps_affine(affine_ras))
+    shape = labels.shape
+    planes = []
+    for header in headers:
+        position = np.asarray(header.ImagePositionPatient, dtype=float)
+        orientation = np.asarray(header.ImageOrientationPatient, dtype=float)
+        row_spacing, column_spacing = (float(v) for v in header.PixelSpacing)
+        origin = to_index @ np.append(position, 1.0)
+        along_columns = to_index[:3, :3] @ (orientation[:3] * column_spacing)
+        along_rows = to_index[:3, :3] @ (orientation[3:] * row_spacing)
+        k = round(float(origin[2]))
+        fits = (
+            np.allclose(origin[:3], (0, 0, k), atol=GRID_TOLERANCE)
+            and np.allclose(along_columns, (1, 0, 0), atol=GRID_TOLERANCE)
+            and np.allclose(along_rows, (0, 1, 0), atol=GRID_TOLERANCE)
+            and 0 <= k < shape[2]
+            and (int(header.Columns), int(header.Rows)) == tuple(shape[:2])
+        )
+        if not fits:
+            raise InputError(
+                source,
+                f"slice {header.get('SOPInstanceUID', '?')} does not lie on the prediction grid "
+                f"{tuple(shape)}: the label map is not in this series' geometry, cannot write a DICOM SEG",
+            )
+        planes.append(k)
+    return np.ascontiguousarray(np.asarray(labels, dtype=np.uint8)[:, :, planes].transpose(2, 1, 0))
+
+
+def segment_descriptions(entries: list[LabelEntry], algorithm: str, version: str) -> list[hd.seg.SegmentDescription]:
+    """One description per class (segment number = label value): name, category/type codes, laterality modifier,
+    display colour, and the algorithm that produced it."""
+    identification = hd.AlgorithmIdentificationSequence(
+        name=algorithm[:64] or "medattn3d", family=codes.cid7162.ArtificialIntelligence, version=version[:64]
+    )
+    descriptions = []
+    for entry in entries:
+        if entry.value == 0:
+            continue
+        description = hd.seg.SegmentDescription(
+            segment_number=entry.value,
+            segment_label=entry.name[:64],
+            segmented_property_category=_coded(entry.term.category),
+            segmented_property_type=_coded(entry.term.type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=identification,
+            tracking_uid=hd.UID(),
+            tracking_id=entry.name[:64],
+            display_color=hd.color.CIELabColor.from_rgb(*entry.colour),
+        )
+        if entry.term.modifier is not None:
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                _coded(entry.term.modifier)
+            ]
+        descriptions.append(description)
+    return descriptions
+
+
+def write_dicom_seg(
+    path: Path,
+    labels: np.ndarray,
+    affine_ras: np.ndarray,
+    entries: list[LabelEntry],
+    source: str | Path,
+    series_uid: str | None = None,
+    headers: list[pydicom.Dataset] | None = None,
+    algorithm: str = "medattn3d",
+    workers: int = 0,
+) -> Path:
+    """Write ``labels`` (X, Y, Z, in the series' geometry) as a DICOM SEG referencing the series in ``source``.
+
+    ``source`` must be a DICOM series folder; anything else is refused with an ``InputError`` naming it.
+    ``headers`` (the series' sorted slice headers) may be passed when already read; ``workers`` > 0 encodes
+    frames in that many threads (highdicom's option).
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise InputError(source, "--format dicom-seg needs a DICOM series folder as input; this is a file")
+    if headers is None:
+        headers = source_headers(source, series_uid)
+    frames = frames_for_sources(labels, affine_ras, headers, source)
+    first = headers[0]
+    segmentation = hd.seg.Segmentation(
+        source_images=headers,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(entries, algorithm, medattn3d.__version__),
+        series_instance_uid=hd.UID(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medattn3d",
+        manufacturer_model_name=algorithm[:64] or "medattn3d",
+        software_versions=medattn3d.__version__,
+        device_serial_number="0",
+        content_description=f"Segmentation of {str(first.get('SeriesDescription', 'series'))[:40]}"[:64],
+        content_label="SEGMENTATION",
+        series_description=f"{algorithm} segmentation"[:64],
+        omit_empty_frames=True,
+        workers=workers,
+    )
+    with atomic_path(path) as tmp:
+        segmentation.save_as(tmp)
+    return path
