@@ -1,15 +1,19 @@
-"""Data: checked loading, transform presets, manifests, the demo dataset and inverse-geometry output."""
+"""Data: checked loading, transform presets, normalisation, datalists (MSD / manifests, folds) and the demo dataset."""
 
 from medattn3d.data.demo import generate_demo_dataset
-from medattn3d.data.loading import CheckVolumed, LoadVolumed, load_volume
-from medattn3d.data.manifest import build_manifest, load_datalist, read_manifest
+from medattn3d.data.loading import VOLUME_SUFFIXES, CheckVolumed, LoadVolumed, load_volume
+from medattn3d.data.manifest import FoldSplit, build_manifest, load_datalist, read_manifest, split_datalist
+from medattn3d.data.normalization import NormalizeChannelsd
 from medattn3d.data.resample import FastInverseSpacingd, linear_resample
 from medattn3d.data.transforms import ct_transforms, mri_transforms, segmentation_transforms
 
 __all__ = [
+    "VOLUME_SUFFIXES",
     "CheckVolumed",
     "FastInverseSpacingd",
+    "FoldSplit",
     "LoadVolumed",
+    "NormalizeChannelsd",
     "build_manifest",
     "ct_transforms",
     "generate_demo_dataset",
@@ -19,4 +23,5 @@ __all__ = [
     "mri_transforms",
     "read_manifest",
     "segmentation_transforms",
+    "split_datalist",
 ]

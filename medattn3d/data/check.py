@@ -1,6 +1,12 @@
-"""Validate a manifest and the files it lists, reporting every problem at once.
+"""Validate a datalist (MSD ``dataset.json`` as shipped, or our manifest) and every file it lists, reporting every
+problem at once, one line each.
 
-``python -m medattn3d.data.check MANIFEST [--root DIR]``: exit status 0 when clean, 1 with one line per problem.
+Checked: the JSON and its ``labels`` (keys 0..N-1) and ``modality``; every entry's shape (an ``image`` path or list
+of channel paths, a ``label`` for training/validation cases); cases listed twice; then each file: missing or
+unreadable, channel files on different grids, wrong rank or channel count for ``modality``, non-finite
+intensities, labels whose shape, affine or values disagree with the image and ``labels``.
+
+``python -m medattn3d.data.check DATALIST [--root DIR]``: exit status 0 when clean, 1 with one line per problem.
 """
 
 from __future__ import annotations
@@ -8,22 +14,59 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from medattn3d.data.loading import CheckVolumed, load_volume
-from medattn3d.data.manifest import SECTIONS, num_classes, read_manifest
+from medattn3d.data.manifest import SECTIONS, read_manifest
 from medattn3d.errors import InputError
 
 
-def check_manifest(path: str | Path, root: str | Path | None = None) -> list[str]:
-    """Every problem found in the manifest at ``path`` and its files, as ``"<file>: <problem>"`` lines."""
+def _header_problems(path: Path, manifest: dict[str, Any]) -> list[str]:
+    """Problems with ``labels`` and ``modality`` themselves."""
+    problems = []
+    labels, modality = manifest["labels"], manifest["modality"]
+    if not isinstance(labels, dict) or not labels:
+        problems.append(f'{path}: \'labels\' must be a dict like {{"0": "background", "1": "spleen"}}')
+    else:
+        keys = sorted(labels, key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k)))
+        if keys != [str(i) for i in range(len(labels))]:
+            problems.append(
+                f"{path}: 'labels' keys must be the label values 0..{len(labels) - 1}, got {', '.join(map(str, keys))} "
+                "(remap the label values to consecutive integers)"
+            )
+    if not isinstance(modality, (dict, list)) or not modality:
+        problems.append(f'{path}: \'modality\' must name one modality per input channel, e.g. {{"0": "CT"}}')
+    return problems
+
+
+def _entry_problem(path: Path, section: str, entry: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The entry as ``{"image", ["label"]}``, or a problem line saying what is wrong with its shape."""
+    record = {"image": entry} if isinstance(entry, (str, list)) else entry
+    if not isinstance(record, dict) or "image" not in record:
+        return None, f"{path}: a '{section}' entry has no 'image': {entry}"
+    image = record["image"]
+    if not (isinstance(image, str) or (isinstance(image, list) and image and all(isinstance(p, str) for p in image))):
+        return None, f"{path}: a '{section}' entry's 'image' must be a path or a list of paths: {image!r}"
+    if section != "test" and not isinstance(record.get("label"), str):
+        return None, f"{path}: the '{section}' entry for {image} has no 'label' path"
+    return record, None
+
+
+def check_dataset(datalist_path: str | Path, root: str | Path | None = None) -> list[str]:
+    """Every problem found in the datalist at ``datalist_path`` and its files, as ``"<file>: <problem>"`` lines
+    (empty when the dataset is usable). ``root`` (default: the datalist's folder) is what its paths are relative to.
+    """
+    path = Path(datalist_path)
     try:
         manifest = read_manifest(path)
     except InputError as err:
         return [str(err)]
-    base = Path(root) if root is not None else Path(path).parent
-    checker = CheckVolumed(num_classes=num_classes(manifest), channels=len(manifest["modality"]))
-    problems: list[str] = []
-    listed = 0
+    problems = _header_problems(path, manifest)
+    base = Path(root) if root is not None else path.parent
+    channels = len(manifest["modality"]) if isinstance(manifest["modality"], (dict, list)) else 1
+    classes = len(manifest["labels"]) if isinstance(manifest["labels"], dict) else None
+    checker = CheckVolumed(num_classes=classes, channels=max(channels, 1))
+    listed, seen = 0, {}
     for section in SECTIONS:
         entries = manifest.get(section) or []
         if not isinstance(entries, list):
@@ -31,36 +74,52 @@ def check_manifest(path: str | Path, root: str | Path | None = None) -> list[str
             continue
         for entry in entries:
             listed += 1
-            record = {"image": entry} if isinstance(entry, str) else dict(entry)
-            if "image" not in record:
-                problems.append(f"{path}: a '{section}' entry has no 'image': {entry}")
+            record, problem = _entry_problem(path, section, entry)
+            if problem:
+                problems.append(problem)
                 continue
-            loaded, failed = {}, False
-            for key in ("image", "label"):
-                if key in record:
-                    try:
-                        loaded[key] = load_volume(base / record[key])
-                    except InputError as err:
-                        problems.append(str(err))
-                        failed = True
-            if failed:
-                continue
-            try:
-                checker(loaded)
-            except InputError as err:
-                problems.append(str(err))
+            assert record is not None
+            key = str(record["image"])
+            if section != "test" and key in seen:
+                problems.append(f"{path}: {record['image']} is listed twice ('{seen[key]}' and '{section}')")
+            seen.setdefault(key, section)
+            problems += _file_problems(record, base, checker)
     if listed == 0:
         problems.append(f"{path}: lists no cases in {', '.join(SECTIONS)}")
     return problems
 
 
+def _file_problems(record: dict[str, Any], base: Path, checker: CheckVolumed) -> list[str]:
+    """Load one case's image (and label) and run the content checks; the problems found, one line each."""
+    loaded, problems = {}, []
+    for key in ("image", "label"):
+        value = record.get(key)
+        if value is None:
+            continue
+        try:
+            loaded[key] = load_volume([base / v for v in value] if isinstance(value, list) else base / value)
+        except InputError as err:
+            problems.append(str(err))
+    if not problems:
+        try:
+            checker(loaded)
+        except InputError as err:
+            problems.append(str(err))
+    return problems
+
+
+def check_manifest(path: str | Path, root: str | Path | None = None) -> list[str]:
+    """Former name of :func:`check_dataset` (same result)."""
+    return check_dataset(path, root)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print every problem and return 1 if there is any, else print a one-line OK and return 0."""
     parser = argparse.ArgumentParser(prog="python -m medattn3d.data.check", description=__doc__)
-    parser.add_argument("manifest")
-    parser.add_argument("--root", help="data root the manifest's paths are relative to (default: its folder)")
+    parser.add_argument("manifest", help="the datalist: MSD's dataset.json or a manifest")
+    parser.add_argument("--root", help="data root the datalist's paths are relative to (default: its folder)")
     args = parser.parse_args(argv)
-    problems = check_manifest(args.manifest, args.root)
+    problems = check_dataset(args.manifest, args.root)
     for line in problems:
         print(line)
     if problems:

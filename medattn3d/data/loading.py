@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import ITKReader, NibabelReader
+from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform
 
 from medattn3d.data.dicom import inspect_series
@@ -22,7 +22,19 @@ from medattn3d.errors import InputError
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# The package's one list of the file suffixes it reads as volumes (a folder is read as a DICOM series).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+# Those read with nibabel (the rest go to MONAI's suffix-based choice, ITK for NRRD/MHA/DICOM).
+_NIBABEL_SUFFIXES = (".nii", ".nii.gz")
+CHANNEL_AFFINE_TOLERANCE = 1e-3  # mm: channel files must lie on the same grid as the first one
+
+
+def volume_stem(name: str) -> str:
+    """A volume file's name without its volume suffix (``case_01.nii.gz`` -> ``case_01``)."""
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
 
 
 class RowMajorNibabelReader(NibabelReader):
@@ -48,13 +60,21 @@ def source_path(data: Any) -> str:
     return str(meta.get("filename_or_obj", "<array>"))
 
 
-def load_volume(path: str | Path, series_uid: str | None = None, image_only: bool = True) -> Any:
+def load_volume(
+    path: str | Path | Sequence[str | Path],
+    series_uid: str | None = None,
+    image_only: bool = True,
+    dtype: Any = np.float32,
+) -> Any:
     """Read a NIfTI/NRRD/MHA file, a DICOM file or a DICOM series folder with MONAI's ``LoadImage``.
 
     The reader is picked by what the path is: a folder is checked as one DICOM series (no gaps, one orientation;
     ``series_uid`` picks one of several) and read with ITK; a file goes to MONAI's suffix-based reader choice.
-    Every failure is an :class:`InputError` naming the path.
+    A list of paths is one image with a channel per path (see :func:`load_channels`). ``dtype=None`` keeps the
+    file's data type (labels: a quarter of float32's memory). Every failure is an :class:`InputError` naming the path.
     """
+    if isinstance(path, (list, tuple)):
+        return load_channels(path, series_uid, dtype)
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
@@ -65,14 +85,58 @@ def load_volume(path: str | Path, series_uid: str | None = None, image_only: boo
         with tempfile.TemporaryDirectory(prefix="medattn3d-series-") as tmp:
             for index, file in enumerate(series.files):
                 os.symlink(file.resolve(), Path(tmp) / f"{index:05d}_{file.name}")
-            image = _read(LoadImage(reader=ITKReader(), image_only=image_only), Path(tmp), path)
+            loader = LoadImage(reader=ITKReader(), image_only=image_only, dtype=dtype)
+            image = _read(loader, Path(tmp), path)
         meta = image[1] if isinstance(image, tuple) else image.meta
         meta["filename_or_obj"] = str(path)
         return image
     if path.stat().st_size == 0:
         raise InputError(path, "is an empty file")
-    reader = RowMajorNibabelReader() if path.name.lower().endswith(NIFTI_SUFFIXES) else None
-    return _read(LoadImage(reader=reader, image_only=image_only), path, path)
+    reader = RowMajorNibabelReader() if path.name.lower().endswith(_NIBABEL_SUFFIXES) else None
+    return _read(LoadImage(reader=reader, image_only=image_only, dtype=dtype), path, path)
+
+
+def load_channels(paths: Sequence[str | Path], series_uid: str | None = None, dtype: Any = np.float32) -> MetaTensor:
+    """One multi-channel image from one file (or DICOM series) per channel, stacked in order on a last axis.
+
+    Every channel must be one volume on the first channel's grid (same shape and affine), else an ``InputError``
+    names the file that differs. The result looks like a 4D NIfTI with channels last (``original_channel_dim`` -1,
+    the first file's affine and name), so ``EnsureChannelFirstd``, ``Orientationd``, ``Spacingd`` and their
+    inverses treat both forms alike. MONAI's ``LoadImage`` also stacks lists, but reports a mismatch without the file.
+    """
+    if len(paths) == 0:
+        raise InputError("<image>", "an image entry is an empty list of channel files")
+    first: MetaTensor | None = None
+    channels: list[torch.Tensor] = []
+    for path in paths:
+        volume = load_volume(path, series_uid, dtype=dtype)
+        if first is None:
+            first = volume
+            if volume.ndim != 3:
+                raise InputError(
+                    path, f"is {volume.ndim}D (shape {tuple(volume.shape)}): each channel file must hold one 3D volume"
+                )
+        else:
+            if tuple(volume.shape) != tuple(first.shape):
+                raise InputError(
+                    path,
+                    f"channel shape {tuple(volume.shape)} differs from the first channel's {tuple(first.shape)} "
+                    f"({paths[0]})",
+                )
+            diff = float(np.abs(np.asarray(volume.affine) - np.asarray(first.affine)).max())
+            if diff > CHANNEL_AFFINE_TOLERANCE:
+                raise InputError(
+                    path,
+                    f"channel affine differs from the first channel's ({paths[0]}) by up to {diff:.3g} mm: "
+                    "resample the channels onto one grid first",
+                )
+        channels.append(volume.as_tensor())
+    assert first is not None
+    meta = dict(first.meta)
+    meta["original_channel_dim"] = -1
+    meta["filename_or_obj"] = str(paths[0])
+    stacked = torch.stack(channels, dim=-1) if len(channels) > 1 else channels[0].unsqueeze(-1)
+    return MetaTensor(stacked, meta=meta)
 
 
 def _read(loader: LoadImage, source: Path, shown: Path) -> Any:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.transforms import (
@@ -24,6 +25,7 @@ from monai.transforms import (
 )
 
 from medattn3d.data.loading import CheckVolumed, LoadVolumed
+from medattn3d.data.normalization import NormalizeChannelsd, check_normalization
 from medattn3d.data.resample import FastInverseSpacingd
 
 STAGES = ("train", "val", "infer")
@@ -76,15 +78,20 @@ def segmentation_transforms(
     series_uid: str | None = None,
     image_key: str = "image",
     label_key: str = "label",
+    normalization: Sequence[Mapping[str, Any]] | None = None,
 ) -> Compose:
     """The preprocessing pipeline for one stage, as a MONAI ``Compose`` (usable as a bundle config ``_target_``).
 
     All stages: load with checks (:class:`LoadVolumed`, :class:`CheckVolumed`), channel first, reorient to
     ``axcodes`` (``None`` keeps the file's), resample to ``pixdim`` mm (``None`` keeps the native grid), normalise
-    intensities (:func:`intensity_transforms`). ``train`` adds padding to the patch size, foreground-aware random
-    patches (``RandCropByPosNegLabeld``), optional flips/rot90 and random intensity scale/shift. ``val`` keeps the
-    whole labelled volume (for sliding-window evaluation); ``infer`` the same for the image alone (and is the
-    pipeline :func:`medattn3d.outputs.prediction.prediction_writer` inverts).
+    intensities: per channel from a plan when ``normalization`` is given (one dict per channel, see
+    :mod:`medattn3d.data.normalization`), else from ``modality`` (:func:`intensity_transforms`). An image may be
+    one file (a 4D NIfTI holds its channels on the last axis) or a list of files, one per channel.
+
+    ``train`` adds padding to the patch size, foreground-aware random patches (``RandCropByPosNegLabeld``), optional
+    flips/rot90 and random intensity scale/shift. ``val`` keeps the whole labelled volume (for sliding-window
+    evaluation); ``infer`` the same for the image alone (and is the pipeline
+    :func:`medattn3d.outputs.prediction.prediction_writer` inverts).
 
     With ``spatial_dims=2`` the volumes stay 3D and training takes axial slices: patches of ``(*roi_size, 1)``
     squeezed to 2D; validation and inference run the 2D network slice by slice (``monai.inferers.SliceInferer``).
@@ -98,6 +105,10 @@ def segmentation_transforms(
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     if len(roi_size) != spatial_dims:
         raise ValueError(f"roi_size {tuple(roi_size)} must have {spatial_dims} entries for spatial_dims={spatial_dims}")
+    if normalization is not None:
+        normalization = check_normalization(normalization)
+        if len(normalization) != channels:
+            raise ValueError(f"normalization has {len(normalization)} entries for {channels} channel(s)")
     labelled = stage != "infer"
     keys = [image_key, label_key] if labelled else [image_key]
     interpolation = ["bilinear", "nearest"] if labelled else ["bilinear"]
@@ -113,7 +124,10 @@ def segmentation_transforms(
     if pixdim is not None:
         # fp32 resampling (MONAI's default is float64: twice the memory traffic for no visible gain), inverted separably
         steps.append(FastInverseSpacingd(keys, pixdim=pixdim, mode=interpolation, dtype=torch.float32))
-    steps += intensity_transforms(modality, image_key, hu_window, mri_normalization, percentiles)
+    if normalization is not None:
+        steps.append(NormalizeChannelsd(image_key, normalization))
+    else:
+        steps += intensity_transforms(modality, image_key, hu_window, mri_normalization, percentiles)
     if stage == "train":
         patch = list(roi_size) if spatial_dims == 3 else [*roi_size, 1]
         steps += [
@@ -125,7 +139,9 @@ def segmentation_transforms(
                 pos=pos_neg[0],
                 neg=pos_neg[1],
                 num_samples=num_samples,
-                image_key=image_key,
+                # negatives where the [0, 1]-scaled image is above 0 (not air); planned z-scores are negative
+                # in half the body, so with a plan negatives come from anywhere the label is background
+                image_key=image_key if normalization is None else None,
                 image_threshold=0.0,
             ),
         ]

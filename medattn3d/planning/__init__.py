@@ -1,0 +1,1 @@
+"""Planning: dataset fingerprint -> plan -> a self-contained bundle written from a template."""
