@@ -132,16 +132,23 @@ def prepare_for_inference(
     precision: str = "auto",
     device: torch.device | str | None = None,
     channels_last: bool = True,
+    runtime: str = "torch",
 ) -> nn.Module:
-    """Turn a network whose trained weights are loaded into an inference-only one, once, in place.
+    """Turn a network whose trained weights are loaded into an inference-only one, once.
 
-    Eval mode, BatchNorm folded into the preceding convolutions, in-place conv activations, channels-last weights,
-    and bf16 weights when ``precision`` resolves to bf16 on ``device`` (default: where the weights are). The result
-    computes the same function (up to bf16 rounding) but can no longer be trained; the checkpoint file is untouched.
-    Call it after loading the weights, never on a network that is still training. Returns ``network``.
+    With ``runtime="torch"``, in place: eval mode, BatchNorm folded into the preceding convolutions, in-place conv
+    activations, channels-last weights, and bf16 weights when ``precision`` resolves to bf16 on ``device`` (default:
+    where the weights are); returns ``network``. With ``"openvino"`` / ``"onnxruntime"``: returns a
+    :class:`medattn3d.engine.backends.RuntimeNetwork` serving the (unchanged) network through that runtime. Either
+    way the result computes the same function (up to bf16 rounding) but can no longer be trained; the checkpoint file
+    is untouched. Call it after loading the weights, never on a network that is still training.
     """
     check_precision(precision)
     network.eval()
+    if runtime != "torch":
+        from medattn3d.engine.backends import RuntimeNetwork
+
+        return RuntimeNetwork(network, runtime, precision)
     if device is None:
         first = next(network.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -159,11 +166,17 @@ def prepare_for_inference(
 class PrepareForInference:
     """Ignite handler: :func:`prepare_for_inference` on ``network`` when the engine starts.
 
-    Place it right after the handler that loads the weights (handlers run in the order they are attached).
+    Place it right after the handler that loads the weights (handlers run in the order they are attached). With an
+    optional ``runtime`` ("openvino", "onnxruntime") the engine's network is replaced by the runtime's stand-in.
     """
 
-    def __init__(self, network: nn.Module, precision: str = "auto", channels_last: bool = True) -> None:
+    def __init__(
+        self, network: nn.Module, precision: str = "auto", channels_last: bool = True, runtime: str = "torch"
+    ) -> None:
+        from medattn3d.engine.backends import check_runtime
+
         check_precision(precision)
+        self.runtime = check_runtime(runtime)
         self.network, self.precision, self.channels_last = network, precision, channels_last
 
     def attach(self, engine: Any) -> None:
@@ -173,7 +186,9 @@ class PrepareForInference:
 
     def __call__(self, engine: Any) -> None:
         device = getattr(engine.state, "device", None) or getattr(engine, "device", None)
-        prepare_for_inference(self.network, self.precision, device, self.channels_last)
+        prepared = prepare_for_inference(self.network, self.precision, device, self.channels_last, self.runtime)
+        if prepared is not self.network and hasattr(engine, "network"):
+            engine.network = prepared
 
 
 def check_precision(precision: str) -> str:

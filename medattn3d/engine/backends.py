@@ -1,0 +1,118 @@
+"""Optional inference runtimes: run a trained network through OpenVINO or ONNX Runtime instead of PyTorch.
+
+Both are extras (``pip install medattn3d[openvino]`` / ``[onnxruntime]``), never hard dependencies. A
+:class:`RuntimeNetwork` stands in for the network wherever MONAI calls one (``SlidingWindowInferer``,
+``SliceInferer``, ``SimpleInferer``): it converts the PyTorch network on the first call, for that call's input shape
+with a dynamic batch axis (the last sliding-window batch may be smaller), and returns float32 logits as a torch
+tensor. Conversion goes straight from the PyTorch module (OpenVINO's ``convert_model``; ``torch.onnx.export`` for
+ONNX Runtime), so nothing is written to disk. Inference only: training and attention maps stay in PyTorch.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+RUNTIMES = ("torch", "openvino", "onnxruntime")
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if known and importable; a one-line error naming the extra to install otherwise."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    module = {"openvino": "openvino", "onnxruntime": "onnxruntime"}.get(runtime)
+    if module is not None:
+        try:
+            __import__(module)
+        except ImportError as err:
+            raise ImportError(
+                f"runtime {runtime!r} needs the {runtime} package: pip install 'medattn3d[{runtime}]'"
+            ) from err
+    return runtime
+
+
+def openvino_precision_hint(precision: str, device: torch.device) -> str:
+    """OpenVINO's ``INFERENCE_PRECISION_HINT`` for our ``precision`` setting ("bf16" where we would run bf16)."""
+    from medattn3d.engine.precision import autocast_dtype
+
+    return "bf16" if autocast_dtype(precision, device) == torch.bfloat16 else "f32"
+
+
+class RuntimeNetwork(nn.Module):
+    """A trained (eval-mode, fp32) network served by OpenVINO or ONNX Runtime, callable like the network itself.
+
+    Args:
+        network: the PyTorch network with its trained weights loaded (not BatchNorm-folded, fp32 weights).
+        runtime: ``"openvino"`` or ``"onnxruntime"``.
+        precision: the bundle's precision setting; with OpenVINO it picks the ``INFERENCE_PRECISION_HINT``
+            (bf16 where PyTorch would run bf16). ONNX Runtime runs fp32.
+        threads: intra-op threads (``None``: the runtime's default, all cores).
+    """
+
+    def __init__(self, network: nn.Module, runtime: str, precision: str = "auto", threads: int | None = None) -> None:
+        super().__init__()
+        if runtime not in ("openvino", "onnxruntime"):
+            raise ValueError(f"RuntimeNetwork serves 'openvino' or 'onnxruntime', got {runtime!r}")
+        check_runtime(runtime)
+        self.network = network.float().eval()
+        self.runtime, self.precision, self.threads = runtime, precision, threads
+        self._compiled: Any = None
+        self._shape: tuple[int, ...] | None = None
+
+    def _compile(self, example: torch.Tensor) -> None:
+        with warnings.catch_warnings():  # tracing warns about the networks' shape checks, which hold for this shape
+            warnings.simplefilter("ignore")
+            if self.runtime == "openvino":
+                self._compiled = _compile_openvino(self.network, example, self.precision, self.threads)
+            else:
+                self._compiled = _compile_onnxruntime(self.network, example, self.threads)
+        self._shape = tuple(example.shape[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is None or tuple(x.shape[1:]) != self._shape:
+            self._compile(x[:1].float().contiguous())
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        out = self._compiled(array)
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+
+
+def _compile_openvino(network: nn.Module, example: torch.Tensor, precision: str, threads: int | None) -> Any:
+    import openvino as ov
+
+    with torch.no_grad():
+        model = ov.convert_model(network, example_input=example)
+    shape = model.inputs[0].get_partial_shape()
+    shape[0] = ov.Dimension.dynamic()
+    model.reshape({model.inputs[0]: shape})
+    config = {"INFERENCE_PRECISION_HINT": openvino_precision_hint(precision, example.device)}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    output = compiled.outputs[0]
+    return lambda array: compiled(array)[output]
+
+
+def _compile_onnxruntime(network: nn.Module, example: torch.Tensor, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            network,
+            (example,),
+            buffer,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return lambda array: session.run(["logits"], {"image": array})[0]

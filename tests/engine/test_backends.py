@@ -1,0 +1,33 @@
+"""Optional runtimes (OpenVINO, ONNX Runtime) give the PyTorch network's predictions."""
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from medattn3d.engine import PrecisionInferer, prepare_for_inference
+from medattn3d.engine.backends import RuntimeNetwork, check_runtime
+from medattn3d.networks import AttentionUNet
+
+SMALL = {"channels": (8, 16, 32, 64), "strides": (2, 2, 2)}
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_runtime_matches_pytorch_in_a_sliding_window(runtime):
+    pytest.importorskip(runtime)
+    torch.manual_seed(0)
+    net = AttentionUNet(3, 1, 3, **SMALL).eval()
+    x = torch.randn(1, 1, 40, 36, 20)
+    window = SlidingWindowInferer((32, 32, 16), sw_batch_size=3, overlap=0.25, mode="gaussian")  # last batch smaller
+    with torch.no_grad():
+        expected = window(x, net)
+        served = prepare_for_inference(net, precision="fp32", runtime=runtime)
+        assert isinstance(served, RuntimeNetwork)
+        got = PrecisionInferer(window, precision="fp32")(x, served)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-3
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_unknown_runtime_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        check_runtime("tensorrt")
