@@ -1,39 +1,32 @@
-"""The ``medattn3d`` command: thin wrappers over ``monai.bundle`` runs and the package's modules.
+"""The ``medattn3d`` command: parse the arguments, call the module that does the job, print what happened.
 
-Every subcommand runs a bundle config (or a module's own entry point); none adds training or inference logic that
-the bundle lacks. Bad input ends with one line, ``error: <file>: <problem>``, and a non-zero exit status
-(``--debug`` shows the traceback).
+Bad input ends with ``error: <file>: <problem>`` and exit status 2; any other failure with exit status 1 (``--debug``
+shows the traceback). Bundle configs execute code (MONAI ``$`` expressions): run only bundles you trust.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import shutil
+import json
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medattn3d import __version__
 from medattn3d.errors import InputError, find_input_error
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+QUIET, NORMAL, VERBOSE = 0, 1, 2
 
 
-def _bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Overrides common to train/evaluate: data location and ``key=value`` pairs (values parsed as JSON)."""
-    import json
-
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as bundle config overrides; values parse as JSON when they can (``3``, ``[1, 2]``)."""
     overrides: dict[str, Any] = {}
-    if getattr(args, "dataset_dir", None):
-        overrides["dataset_dir"] = str(Path(args.dataset_dir).resolve())
-    if getattr(args, "datalist", None):
-        overrides["datalist"] = str(Path(args.datalist).resolve())
-    if getattr(args, "max_epochs", None):
-        overrides["max_epochs"] = args.max_epochs
-    for item in getattr(args, "set", None) or []:
-        key, _, value = item.partition("=")
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(item, "--set needs KEY=VALUE")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -41,206 +34,360 @@ def _bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _input_volumes(path: Path) -> list[Path]:
-    """The volumes behind ``path``: a file, a DICOM series folder, or a folder of volume files."""
-    from medattn3d.data.dicom import series_headers
+def run_overrides(device: str = "auto", precision: str | None = None, sets: Sequence[str] | None = None) -> dict:
+    """Config overrides from the flags every run command shares: ``--device``, ``--precision``, ``--set``."""
+    from medattn3d.engine.runner import device_expression
 
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_file():
-        return [path]
-    if series_headers(path):
-        return [path]  # a DICOM series folder
-    volumes = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
-    series = sorted(p for p in path.iterdir() if p.is_dir() and series_headers(p))
-    if not volumes and not series:
-        raise InputError(path, "holds no volumes (NIfTI, NRRD, MHA, DICOM files or DICOM series folders)")
-    return volumes + series
+    overrides: dict[str, Any] = {}
+    if device_expression(device) is not None:
+        overrides["device"] = device_expression(device)
+    if precision:
+        overrides["precision"] = precision
+    overrides.update(parse_overrides(sets))
+    return overrides
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from medattn3d.bundles import bundle_path, run_bundle
-
-    bundle = bundle_path(args.bundle)
-    configs = ["train.json"] if not args.multi_gpu else ["train.json", "multi_gpu_train.json"]
-    overrides = _bundle_overrides(args)
-    if args.fresh:
-        overrides["resume"] = False
-    run_bundle(bundle, configs, **overrides)
-    print(
-        f"trained: best weights in {bundle / 'models' / 'model.pt'}, resumable state in "
-        f"{bundle / 'models' / 'checkpoint_last.pt'}, TensorBoard logs in {bundle / 'eval'}"
-    )
-    return 0
+def data_overrides(dataset_dir: str | None, datalist: str | None) -> dict[str, Any]:
+    """``dataset_dir``/``datalist`` overrides as absolute paths (only those given)."""
+    overrides: dict[str, Any] = {}
+    if dataset_dir:
+        overrides["dataset_dir"] = str(Path(dataset_dir).resolve())
+    if datalist:
+        overrides["datalist"] = str(Path(datalist).resolve())
+    return overrides
 
 
-def _dice_table(eval_dir: Path, class_names: dict[str, str]) -> list[tuple[str, float]]:
-    """Per-class mean Dice from MONAI's ``MetricsSaver`` summary CSV, named after the manifest's labels."""
-    summary = eval_dir / "val_mean_dice_summary.csv"
-    rows: list[tuple[str, float]] = []
-    with open(summary) as stream:
-        for row in csv.reader(stream):
-            if not row or row[0] == "class":
-                continue
-            name = row[0]
-            if name.startswith("class"):
-                index = str(int(name.removeprefix("class")) + 1)  # background is excluded from the metric
-                name = class_names.get(index, name)
-            rows.append((name, float(row[1])))
-    return rows
+def weights_of(bundle: Path, checkpoint: str | None, spec: str) -> Path:
+    """``checkpoint`` if given (it must exist), else the bundle's ``models/model.pt`` (it must exist too)."""
+    path = Path(checkpoint) if checkpoint else bundle / "models" / "model.pt"
+    if checkpoint and not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    if not path.is_file():
+        raise InputError(
+            path, f"no trained weights: train first (medattn3d train --bundle {spec}) or pass --checkpoint"
+        )
+    return path.resolve()
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
+# --- the jobs, with real arguments (the subcommands and `demo` call these) -------------------------------------
 
-    from medattn3d.bundles import bundle_path, run_bundle
-    from medattn3d.data.demo import default_demo_dir
 
-    bundle = bundle_path(args.bundle)
-    _require_weights(bundle / "models" / "model.pt", args.bundle)
-    overrides = _bundle_overrides(args)
-    run_bundle(bundle, ["train.json", "evaluate.json"], **overrides)
-    datalist = Path(overrides.get("datalist", Path(overrides.get("dataset_dir", default_demo_dir())) / "dataset.json"))
-    labels = json.loads(datalist.read_text()).get("labels", {}) if datalist.is_file() else {}
-    eval_dir = bundle / "eval"
-    table = _dice_table(eval_dir, labels)
+def train(
+    spec: str, overrides: dict[str, Any], multi_gpu: bool = False, fresh: bool = False, quiet: bool = True
+) -> Path:
+    """Train bundle ``spec`` (resuming from its last checkpoint unless ``fresh``); returns the bundle folder.
+
+    A shipped bundle trains only on the demo data: user data needs a bundle planned for it (``medattn3d plan``)."""
+    from medattn3d.bundles import is_shipped, resolve_bundle, run_bundle
+
+    bundle = resolve_bundle(spec)
+    if is_shipped(bundle) and ({"dataset_dir", "datalist"} & overrides.keys()):
+        data = overrides.get("dataset_dir") or overrides.get("datalist")
+        raise InputError(
+            spec,
+            f"is a shipped bundle and trains on the demo data only; plan a bundle for your data first: "
+            f"medattn3d plan --dataset-dir {data} --out my_bundle, then medattn3d train --bundle ./my_bundle",
+        )
+    configs = ["train.json", "multi_gpu_train.json"] if multi_gpu else ["train.json"]
+    if fresh:
+        overrides = {**overrides, "resume": False}
+    run_bundle(bundle, configs, quiet=quiet, **overrides)
+    models = bundle / "models"
+    print(f"trained: weights in {models / 'model.pt'}, resumable state in {models / 'checkpoint_last.pt'}")
+    return bundle
+
+
+def evaluate(spec: str, overrides: dict[str, Any], multi_gpu: bool = False, quiet: bool = True) -> list:
+    """Dice per class of the bundle's weights on its validation cases; prints the table, returns its rows."""
+    from medattn3d.bundles import resolve_bundle, run_bundle
+    from medattn3d.engine.runner import class_names_of, dice_table
+
+    bundle = resolve_bundle(spec)
+    weights_of(bundle, None, spec)
+    configs = ["train.json", "evaluate.json"]
+    if multi_gpu:
+        extra = bundle / "configs" / "multi_gpu_evaluate.json"
+        if not extra.is_file():
+            raise InputError(extra, "missing: this bundle has no multi-GPU evaluation config (re-plan it)")
+        configs.append(extra.name)
+    run_bundle(bundle, configs, quiet=quiet, **overrides)
+    if _rank() != 0:
+        return []
+    eval_dir = Path(overrides.get("output_dir", bundle / "eval"))
+    table = dice_table(eval_dir, class_names_of(bundle, overrides))
     for name, value in table:
         print(f"  Dice {name:<20s} {value:.4f}")
     print(f"metrics: {eval_dir / 'metrics.csv'}, per case and class: {eval_dir / 'val_mean_dice_raw.csv'}")
-    return 0
+    return table
 
 
-def _require_weights(path: Path, bundle: str) -> None:
-    if not path.is_file():
-        raise InputError(
-            path, f"no trained weights: train first (medattn3d train --bundle {bundle}) or pass --checkpoint"
-        )
+def infer(
+    spec: str,
+    inputs: str | Path,
+    output: str | Path,
+    checkpoint: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    formats: Sequence[str] = ("nifti",),
+    save_probabilities: bool = False,
+    resume: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
+    fail_fast: bool = False,
+    series_uid: str | None = None,
+    verbosity: int = NORMAL,
+) -> int:
+    """Segment every volume behind ``inputs`` into ``output`` (see :mod:`medattn3d.engine.runner`); returns the exit
+    status: 0 when every case was written or skipped, 1 when any failed. Under ``torchrun`` each process takes its
+    share of the cases (rank and world size as ``part_id``/``num_parts``)."""
+    from medattn3d.bundles import quiet_monai, resolve_bundle
+    from medattn3d.engine.runner import BundleModel, InferenceRun, discover_inputs, distributed_part, gather_summaries
+    from medattn3d.outputs.naming import check_formats
+
+    quiet_monai(verbosity < VERBOSE)
+    formats = check_formats(formats)
+    bundle = resolve_bundle(spec)
+    weights = weights_of(bundle, checkpoint, spec)
+    paths = discover_inputs(inputs)
+    overrides = dict(overrides or {})
+    if series_uid:
+        overrides["series_uid"] = series_uid
+    distributed = distributed_part() if num_parts == 1 else None
+    if distributed:
+        num_parts, part_id = distributed
+        overrides = _join_process_group(overrides)
+    model = BundleModel.from_bundle(bundle, weights, overrides)
+    prefix = f"[rank {part_id}] " if distributed else ""
+    run = InferenceRun(
+        model,
+        Path(output).absolute(),
+        formats=formats,
+        save_probabilities=save_probabilities,
+        resume=resume,
+        fail_fast=fail_fast,
+        series_uid=series_uid,
+        print_line=(lambda line: print(prefix + line, flush=True)) if verbosity >= NORMAL else None,
+    )
+    summary = gather_summaries(run.run(paths, num_parts, part_id))
+    if distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if part_id == 0 or not distributed:
+        for line in summary.lines():
+            print(line, file=sys.stderr if line.startswith("  failed") else sys.stdout)
+    return 1 if summary.failed else 0
 
 
-def _checkpoint(args: argparse.Namespace, bundle: Path) -> Path:
-    """``--checkpoint`` if given (it must exist), else the bundle's ``models/model.pt`` (it must exist too)."""
-    checkpoint = Path(args.checkpoint) if args.checkpoint else bundle / "models" / "model.pt"
-    if args.checkpoint and not checkpoint.is_file():
-        raise InputError(checkpoint, "checkpoint not found")
-    _require_weights(checkpoint, args.bundle)
-    return checkpoint
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def cmd_infer(args: argparse.Namespace) -> int:
-    from medattn3d.bundles import bundle_path, read_config, run_bundle
-    from medattn3d.data.loading import CheckVolumed, load_volume
+def _join_process_group(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Join ``torchrun``'s process group (gloo on CPU, NCCL on GPUs); each process uses its local GPU."""
+    import os
 
-    bundle = bundle_path(args.bundle)
-    checkpoint = _checkpoint(args, bundle)
-    inputs = _input_volumes(Path(args.input))
-    channels = int(read_config(bundle).get("in_channels", 1))
-    check = CheckVolumed(label_key=None, channels=channels)
-    for path in inputs:  # every input is checked before anything is written
-        check({"image": load_volume(path, args.series_uid)})
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".medattn3d-", dir=output))
-    try:
-        run_bundle(
-            bundle,
-            ["inference.json"],
-            input_paths=[str(p.resolve()) for p in inputs],
-            output_dir=str(staging),
-            checkpoint=str(checkpoint.resolve()),
-            series_uid=args.series_uid,
-        )
-        written = sorted(staging.iterdir())
-        for file in written:
-            file.replace(output / file.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    for file in written:
-        print(f"wrote {output / file.name}")
-    return 0
+    import torch
+    import torch.distributed as dist
+
+    on_gpu = torch.cuda.is_available() and "cpu" not in str(overrides.get("device", ""))
+    if on_gpu:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        overrides = {**overrides, "device": f"$torch.device('cuda:{local}')"}
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+    return overrides
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    """Attention maps, montages, an HTML index and inside/outside ratios (default: the validation cases)."""
-    from medattn3d.bundles import bundle_path, run_bundle
+def explain(
+    spec: str,
+    overrides: dict[str, Any],
+    inputs: str | None = None,
+    label: str | None = None,
+    output: str | None = None,
+    checkpoint: str | None = None,
+    num_parts: int = 1,
+    part_id: int = 0,
+    quiet: bool = True,
+) -> None:
+    """Attention maps, montages and an HTML index for ``inputs`` (default: the bundle's validation cases)."""
+    from medattn3d.bundles import resolve_bundle, run_bundle
+    from medattn3d.engine.runner import discover_inputs, select_part
 
-    bundle = bundle_path(args.bundle)
-    checkpoint = _checkpoint(args, bundle)
-    overrides: dict[str, Any] = {"checkpoint": str(checkpoint.resolve())}
-    if args.output:
-        overrides["output_dir"] = str(Path(args.output).resolve())
-    if args.input:
-        inputs = _input_volumes(Path(args.input))
-        if args.label and len(inputs) != 1:
-            raise InputError(args.input, "--label needs exactly one input volume")
-        overrides["input_paths"] = [str(p.resolve()) for p in inputs]
-        overrides["label_paths"] = [str(Path(args.label).resolve())] if args.label else None
-    overrides.update(_bundle_overrides(args))
-    run_bundle(bundle, ["inference.json", "explain.json"], **overrides)
-    return 0
+    bundle = resolve_bundle(spec)
+    overrides = {**overrides, "checkpoint": str(weights_of(bundle, checkpoint, spec))}
+    if output:
+        overrides["output_dir"] = str(Path(output).resolve())
+    if inputs:
+        paths = select_part(discover_inputs(inputs), num_parts, part_id)
+        if label and len(paths) != 1:
+            raise InputError(inputs, "--label needs exactly one input volume")
+        overrides["input_paths"] = [str(p) for p in paths]
+        overrides["label_paths"] = [str(Path(label).resolve())] if label else None
+    run_bundle(bundle, ["inference.json", "explain.json"], quiet=quiet, **overrides)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    """TorchScript (``ckpt_export``) or ONNX (``onnx_export``, needs the ``export`` extra) of the trained network."""
+def export(
+    spec: str,
+    overrides: dict[str, Any],
+    fmt: str = "torchscript",
+    checkpoint: str | None = None,
+    output: str | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+) -> Path:
+    """TorchScript (``monai.bundle.ckpt_export``) or ONNX (``onnx_export``, needs the ``export`` extra)."""
     from monai.bundle import ckpt_export, onnx_export
 
-    from medattn3d.bundles import bundle_path, read_config
+    from medattn3d.bundles import quiet_monai, read_config, resolve_bundle
 
-    bundle = bundle_path(args.bundle)
-    checkpoint = _checkpoint(args, bundle)
-    suffix = ".onnx" if args.format == "onnx" else ".ts"
-    target = Path(args.output) if args.output else bundle / "models" / f"model{suffix}"
+    quiet_monai(quiet)
+    bundle = resolve_bundle(spec)
+    weights = weights_of(bundle, checkpoint, spec)
+    target = Path(output) if output else bundle / "models" / ("model.onnx" if fmt == "onnx" else "model.ts")
+    if resume and target.is_file():
+        print(f"kept {target} (--continue)")
+        return target
     common = {
         "net_id": "network_def",
         "filepath": str(target),
-        "ckpt_file": str(checkpoint),
+        "ckpt_file": str(weights),
         "meta_file": str(bundle / "configs" / "metadata.json"),
         "config_file": str(bundle / "configs" / "inference.json"),
         "bundle_root": str(bundle),
+        **overrides,
     }
-    if args.format == "onnx":
-        roi = read_config(bundle)["roi_size"]
-        onnx_export(**common, use_trace=True, input_shape=[1, int(read_config(bundle).get("in_channels", 1)), *roi])
+    if fmt == "onnx":
+        config = read_config(bundle)
+        onnx_export(**common, use_trace=True, input_shape=[1, int(config.get("in_channels", 1)), *config["roi_size"]])
     else:
         ckpt_export(**common)
     print(f"wrote {target}")
-    return 0
+    return target
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def demo(spec: str, max_epochs: int | None = None, verbosity: int = NORMAL) -> int:
     """Generate the demo data, train, evaluate, predict the demo's test volumes, explain the validation cases."""
-    from medattn3d.bundles import bundle_path
+    from medattn3d.bundles import resolve_bundle
     from medattn3d.data.demo import default_demo_dir
 
-    bundle = bundle_path(args.bundle)
+    bundle = resolve_bundle(spec)
+    quiet = verbosity < VERBOSE
     start = time.time()
-    data = {"dataset_dir": None, "datalist": None, "set": None}
     print(f"[1/4] training {bundle.name} on the demo data in {default_demo_dir()} (resumes if interrupted)")
-    cmd_train(argparse.Namespace(bundle=args.bundle, multi_gpu=False, fresh=False, max_epochs=args.max_epochs, **data))
-    print("[2/4] evaluating the best weights on the validation cases")
-    cmd_evaluate(argparse.Namespace(bundle=args.bundle, max_epochs=None, **data))
+    train(spec, {"max_epochs": max_epochs} if max_epochs else {}, quiet=quiet)
+    print("[2/4] evaluating the trained weights on the validation cases")
+    evaluate(spec, {}, quiet=quiet)
     print("[3/4] predicting the demo's test volumes")
     predictions = bundle / "predictions"
-    cmd_infer(
-        argparse.Namespace(
-            bundle=args.bundle,
-            input=str(default_demo_dir() / "imagesTs"),
-            output=str(predictions),
-            checkpoint=None,
-            series_uid=None,
-        )
-    )
+    code = infer(spec, default_demo_dir() / "imagesTs", predictions, verbosity=verbosity)
     print("[4/4] attention maps of the validation cases")
-    cmd_explain(
-        argparse.Namespace(
-            bundle=args.bundle, input=None, label=None, output=None, checkpoint=None, max_epochs=None, **data
-        )
-    )
+    explain(spec, {}, quiet=quiet)
     print(f"demo finished in {(time.time() - start) / 60:.1f} min.")
     print(f"  weights:               {bundle / 'models' / 'model.pt'}")
     print(f"  metrics and curves:    {bundle / 'eval'} (training_report.png, val_mean_dice_*.csv)")
     print(f"  predictions:           {predictions}")
     print(f"  attention maps:        {bundle / 'explain' / 'index.html'}")
+    return code
+
+
+# --- subcommands: arguments -> one call -------------------------------------------------------------------------
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    return QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from medattn3d import planning
+
+    out = planning.plan_bundle(
+        args.dataset_dir,
+        args.out,
+        datalist=args.datalist,
+        template=args.bundle,
+        fold=args.fold,
+        overrides=parse_overrides(args.set),
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(f"planned: {out} (train it: medattn3d train --bundle {_as_path(out)})")
     return 0
+
+
+def _as_path(path: Path | str) -> str:
+    """``path`` written so that ``--bundle`` reads it as a folder (``./name`` for a bare name)."""
+    text = str(path)
+    return text if ("/" in text or text.startswith(".")) else f"./{text}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = {**data_overrides(args.dataset_dir, args.datalist), **run_overrides(args.device, None, args.set)}
+    if args.max_epochs:
+        overrides["max_epochs"] = args.max_epochs
+    train(args.bundle, overrides, multi_gpu=args.multi_gpu, fresh=args.fresh, quiet=args.quiet)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    data_dir, datalist = args.dataset_dir, args.datalist
+    if args.input:
+        data_dir, datalist = (data_dir, args.input) if Path(args.input).is_file() else (args.input, datalist)
+    overrides = {**data_overrides(data_dir, datalist), **run_overrides(args.device, args.precision, args.set)}
+    if args.output:
+        overrides["output_dir"] = str(Path(args.output).resolve())
+    evaluate(args.bundle, overrides, multi_gpu=args.multi_gpu, quiet=_verbosity(args) < VERBOSE)
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    formats = [f.strip() for item in (args.format or ["nifti"]) for f in item.split(",") if f.strip()]
+    return infer(
+        args.bundle,
+        args.input,
+        args.output,
+        checkpoint=args.checkpoint,
+        overrides=run_overrides(args.device, args.precision, args.set),
+        formats=formats,
+        save_probabilities=args.save_probabilities,
+        resume=args.resume,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
+        fail_fast=args.fail_fast,
+        series_uid=args.series_uid,
+        verbosity=_verbosity(args),
+    )
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    overrides = {
+        **data_overrides(args.dataset_dir, args.datalist),
+        **run_overrides(args.device, args.precision, args.set),
+    }
+    explain(
+        args.bundle,
+        overrides,
+        inputs=args.input,
+        label=args.label,
+        output=args.output,
+        checkpoint=args.checkpoint,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
+        quiet=_verbosity(args) < VERBOSE,
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    overrides = run_overrides(args.device, args.precision, args.set)
+    export(args.bundle, overrides, args.format, args.input, args.output, args.resume, _verbosity(args) < VERBOSE)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return demo(args.bundle, args.max_epochs, _verbosity(args))
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
@@ -256,52 +403,124 @@ def cmd_networks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"medattn3d {__version__}"]
+    for package in ("monai", "torch"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} missing")
+    return ", ".join(parts)
+
+
+# --- the parser ------------------------------------------------------------------------------------------------
+
+BUNDLE_HELP = "a shipped bundle's name, or a bundle folder given as a path (./my_bundle); configs execute code"
+
+
+def _bundle(p: argparse.ArgumentParser, default: str | None = "attention_unet_3d") -> None:
+    p.add_argument("--bundle", default=default, help=BUNDLE_HELP + f" (default: {default})")
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset-dir", help="data root (default: the embedded demo data)")
+    p.add_argument("--datalist", help="Decathlon-style manifest (default: DATASET_DIR/dataset.json)")
+
+
+def _run_options(p: argparse.ArgumentParser, split: bool = False) -> None:
+    """The flags infer, evaluate, explain and export share."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the bundle's (auto)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any bundle config override (JSON value)")
+    p.add_argument("--continue", dest="resume", action="store_true", help="skip work whose outputs are complete")
+    if split:
+        p.add_argument("--num-parts", type=int, default=1, help="split the inputs into N parts (processes/machines)")
+        p.add_argument("--part-id", type=int, default=0, help="the part this process runs (0..N-1)")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="only the summary and errors")
+    loud.add_argument("-v", "--verbose", action="store_true", help="also MONAI's logs and its config-trust warning")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``medattn3d`` argument parser (every subcommand and flag is in docs/cli.md)."""
     parser = argparse.ArgumentParser(prog="medattn3d", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_bundle(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--bundle", default="attention_unet_3d", help="bundle name under bundles/, or a bundle folder")
-        return p
+    demo_p = sub.add_parser("demo", help="train, evaluate, predict and explain on the embedded demo data")
+    _bundle(demo_p)
+    demo_p.add_argument("--max-epochs", type=int)
+    loud = demo_p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true")
+    loud.add_argument("-v", "--verbose", action="store_true")
+    demo_p.set_defaults(func=cmd_demo)
 
-    def with_data(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dataset-dir", help="data root (default: the embedded demo data)")
-        p.add_argument("--datalist", help="Decathlon-style manifest (default: DATASET_DIR/dataset.json)")
-        p.add_argument("--max-epochs", type=int)
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any bundle config override (JSON value)")
+    plan = sub.add_parser("plan", help="a self-contained bundle for your dataset (fingerprint, plan, configs)")
+    plan.add_argument("--dataset-dir", required=True, help="the dataset folder (MSD layout)")
+    plan.add_argument("--datalist", help="default: DATASET_DIR/dataset.json")
+    plan.add_argument("--bundle", default="attention_unet_3d", help="template: a shipped bundle's name")
+    plan.add_argument("--out", required=True, help="the new bundle folder")
+    plan.add_argument("--fold", type=int, default=0, help="validation fold of the seeded 5-fold split")
+    plan.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a planned value (JSON value)")
+    plan.add_argument("--workers", type=int, default=2, help="processes reading the data")
+    plan.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    plan.set_defaults(func=cmd_plan)
 
-    demo = with_bundle(sub.add_parser("demo", help="train, evaluate and predict on the embedded demo data"))
-    demo.add_argument("--max-epochs", type=int)
-    demo.set_defaults(func=cmd_demo)
-    train = with_bundle(sub.add_parser("train", help="train a bundle (resumes from models/checkpoint_last.pt)"))
-    with_data(train)
-    train.add_argument("--fresh", action="store_true", help="start over (the old checkpoint is kept, renamed)")
-    train.add_argument("--multi-gpu", action="store_true", help="merge multi_gpu_train.json (run under torchrun)")
-    train.set_defaults(func=cmd_train)
-    evaluate = with_bundle(sub.add_parser("evaluate", help="Dice per class of models/model.pt on the validation set"))
-    with_data(evaluate)
-    evaluate.set_defaults(func=cmd_evaluate)
-    infer = with_bundle(sub.add_parser("infer", help="segment volumes; label maps in each input's geometry"))
-    infer.add_argument("--input", required=True, help="NIfTI/NRRD/MHA file, DICOM series folder or folder of volumes")
-    infer.add_argument("--output", required=True, help="folder for <input name>_seg.nii.gz files")
-    infer.add_argument("--checkpoint", help="weights (default: the bundle's models/model.pt)")
-    infer.add_argument("--series-uid", help="DICOM SeriesInstanceUID, when a folder holds several series")
-    infer.set_defaults(func=cmd_infer)
-    explain = with_bundle(sub.add_parser("explain", help="attention maps as NIfTI, PNG montages and an HTML index"))
-    explain.add_argument("--input", help="volume(s) to explain (default: the validation cases of the datalist)")
-    explain.add_argument("--label", help="ground truth of a single --input, for the inside/outside ratio")
-    explain.add_argument("--output", help="default: the bundle's explain/")
-    explain.add_argument("--checkpoint")
-    with_data(explain)
-    explain.set_defaults(func=cmd_explain)
-    export = with_bundle(
-        sub.add_parser("export", help="TorchScript (ckpt_export) or ONNX export of the trained network")
+    train_p = sub.add_parser("train", help="train a bundle (resumes from models/checkpoint_last.pt)")
+    _bundle(train_p)
+    _data(train_p)
+    train_p.add_argument("--max-epochs", type=int)
+    train_p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train_p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any bundle config override")
+    train_p.add_argument("--fresh", action="store_true", help="start over (the old checkpoint is kept, renamed)")
+    train_p.add_argument("--multi-gpu", action="store_true", help="merge multi_gpu_train.json (run under torchrun)")
+    train_p.add_argument("-q", "--quiet", action="store_true", help="hide MONAI's logs (epoch lines still print)")
+    train_p.set_defaults(func=cmd_train)
+
+    evaluate_p = sub.add_parser("evaluate", help="Dice per class of the trained weights on the validation cases")
+    _bundle(evaluate_p)
+    evaluate_p.add_argument("-i", "--input", help="a datalist file or a dataset folder (default: the bundle's)")
+    evaluate_p.add_argument("-o", "--output", help="folder for the metrics CSVs (default: the bundle's eval/)")
+    _data(evaluate_p)
+    evaluate_p.add_argument("--multi-gpu", action="store_true", help="merge multi_gpu_evaluate.json (torchrun)")
+    _run_options(evaluate_p)
+    evaluate_p.set_defaults(func=cmd_evaluate)
+
+    infer_p = sub.add_parser("infer", help="segment volumes; outputs in each input's geometry")
+    _bundle(infer_p)
+    infer_p.add_argument("-i", "--input", required=True, help="a volume, a DICOM series folder or a folder of them")
+    infer_p.add_argument("-o", "--output", required=True, help="folder for the outputs (<name>_seg.nii.gz, ...)")
+    infer_p.add_argument("--checkpoint", help="weights (default: the bundle's models/model.pt)")
+    infer_p.add_argument(
+        "--format", action="append", metavar="FORMAT", help="nifti (default), nrrd, dicom-seg; repeat or comma-list"
     )
-    export.add_argument("--checkpoint")
-    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
-    export.add_argument("--output", help="default: the bundle's models/model.ts (or model.onnx)")
-    export.set_defaults(func=cmd_export)
+    infer_p.add_argument("--save-probabilities", action="store_true", help="also <name>_probabilities.nii.gz")
+    infer_p.add_argument("--series-uid", help="DICOM SeriesInstanceUID, when a folder holds several series")
+    infer_p.add_argument("--fail-fast", action="store_true", help="stop at the first failing case")
+    _run_options(infer_p, split=True)
+    infer_p.set_defaults(func=cmd_infer)
+
+    explain_p = sub.add_parser("explain", help="attention maps as NIfTI, PNG montages and an HTML index")
+    _bundle(explain_p)
+    explain_p.add_argument("-i", "--input", help="volume(s) to explain (default: the datalist's validation cases)")
+    explain_p.add_argument("-o", "--output", help="default: the bundle's explain/")
+    explain_p.add_argument("--label", help="ground truth of a single --input, for the inside/outside ratio")
+    explain_p.add_argument("--checkpoint", help="weights (default: the bundle's models/model.pt)")
+    _data(explain_p)
+    _run_options(explain_p, split=True)
+    explain_p.set_defaults(func=cmd_explain)
+
+    export_p = sub.add_parser("export", help="TorchScript (ckpt_export) or ONNX export of the trained network")
+    _bundle(export_p)
+    export_p.add_argument("-i", "--input", "--checkpoint", dest="input", help="weights (default: models/model.pt)")
+    export_p.add_argument("-o", "--output", help="default: the bundle's models/model.ts (or model.onnx)")
+    export_p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    _run_options(export_p)
+    export_p.set_defaults(func=cmd_export)
+
     check = sub.add_parser("check-data", help="list every problem in a manifest and its files")
     check.add_argument("manifest")
     check.add_argument("--root")
@@ -320,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
+        problems = getattr(err, "problems", None)
+        if problems:  # a dataset check: every problem, one per line
+            print(f"error: {err}" if str(err) else "error: the dataset has problems:", file=sys.stderr)
+            for line in problems:
+                print(f"  {line}", file=sys.stderr)
+            return 2
         found = find_input_error(err)
         if found is not None:
             print(f"error: {found}", file=sys.stderr)

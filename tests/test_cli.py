@@ -1,8 +1,14 @@
-"""The ``medattn3d`` command line."""
+"""The ``medattn3d`` command line: parsing, dispatch, and the subcommands that are not batch inference
+(those are in tests/cli/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
-from medattn3d import cli
+from medattn3d import __version__, cli, planning
 from medattn3d.networks import AttentionUNet
 from medattn3d.summary import NetworkCase, summarize
 
@@ -28,88 +34,83 @@ def test_unknown_subcommand_exits_non_zero():
     assert info.value.code != 0
 
 
-# --- infer, check-data and errors through the command line (bundle attention_unet_3d, random weights) ---
-
-import json  # noqa: E402
-
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
-
-from medattn3d.bundles import BUNDLES_DIR  # noqa: E402
-from tests.helpers import oblique_affine, save_nifti, write_dicom_series  # noqa: E402
+def test_version_names_the_package_monai_and_torch(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith(f"medattn3d {__version__}, monai 1.") and "torch 2." in out
 
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLES_DIR / "attention_unet_3d" / "configs" / "inference.json"))
-    path = tmp_path_factory.mktemp("weights") / "model.pt"
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return path
+def test_the_run_commands_share_their_flags():
+    parser = cli.build_parser()
+    shared = ["--device", "cpu", "--precision", "fp32", "--set", "a=1", "--continue", "-q"]
+    for command, extra in (("infer", ["-i", "x", "-o", "y"]), ("evaluate", []), ("explain", []), ("export", [])):
+        args = parser.parse_args([command, *extra, *shared, "-i", "in", "-o", "out"])
+        assert (args.device, args.precision, args.set, args.resume, args.quiet) == ("cpu", "fp32", ["a=1"], True, True)
+        assert (args.input, args.output) == ("in", "out")
 
 
-def _ct(path, shape=(40, 36, 20), affine=None):
-    image = np.random.default_rng(0).normal(0, 100, shape).astype(np.float32)
-    return save_nifti(image, oblique_affine() if affine is None else affine, path)
+def test_set_values_parse_as_json_and_device_maps_to_a_config_expression():
+    assert cli.run_overrides("cuda:1", "bf16", ["num_classes=3", "name=liver", "roi=[1, 2]"]) == {
+        "device": "$torch.device('cuda:1')",
+        "precision": "bf16",
+        "num_classes": 3,
+        "name": "liver",
+        "roi": [1, 2],
+    }
+    assert cli.run_overrides() == {}
+    with pytest.raises(ValueError, match="--device must be"):
+        cli.run_overrides("tpu")
 
 
-def test_infer_writes_one_label_map_per_input_in_its_geometry(tmp_path, random_checkpoint, capsys):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    _ct(inputs / "a.nii.gz")
-    _ct(inputs / "b.nii.gz", shape=(30, 30, 12), affine=np.diag([-1.5, 1.5, 5.0, 1.0]))
-    write_dicom_series(np.zeros((6, 20, 24)), inputs / "series")
-    out = tmp_path / "out"
-    code = cli.main(["infer", "--input", str(inputs), "--output", str(out), "--checkpoint", str(random_checkpoint)])
-    assert code == 0
-    written = sorted(p.name for p in out.iterdir())
-    assert written == ["a_seg.nii.gz", "b_seg.nii.gz", "series_seg.nii.gz"]
-    for name in ("a", "b"):
-        source, label = nib.load(str(inputs / f"{name}.nii.gz")), nib.load(str(out / f"{name}_seg.nii.gz"))
-        assert label.shape == source.shape and np.allclose(label.affine, source.affine, atol=1e-4)
-    assert nib.load(str(out / "series_seg.nii.gz")).shape == (24, 20, 6)
-    assert "wrote" in capsys.readouterr().out
+def test_infer_formats_are_a_repeatable_comma_list(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli, "infer", lambda *a, **k: seen.update(k) or 0)
+    argv = ["infer", "-i", "x", "-o", "y", "--format", "nifti,nrrd", "--format", "dicom-seg", "--save-probabilities"]
+    assert cli.main(argv) == 0
+    assert seen["formats"] == ["nifti", "nrrd", "dicom-seg"] and seen["save_probabilities"] is True
 
 
-def test_infer_on_bad_input_exits_non_zero_with_one_line_and_writes_nothing(tmp_path, random_checkpoint, capsys):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    _ct(inputs / "a_good.nii.gz")
-    save_nifti(np.full((20, 20, 20), np.nan, np.float32), np.eye(4), inputs / "b_bad.nii.gz")
-    out = tmp_path / "out"
-    code = cli.main(["infer", "--input", str(inputs), "--output", str(out), "--checkpoint", str(random_checkpoint)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1 and err[0].startswith("error: ") and "b_bad.nii.gz: contains 8000 non-finite" in err[0]
-    assert not out.exists() or not any(out.iterdir())
+def test_plan_calls_plan_bundle_with_its_flags(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def plan_bundle(dataset_dir, out, **kwargs):
+        calls.append((dataset_dir, out, kwargs))
+        return Path(out)
+
+    monkeypatch.setattr(planning, "plan_bundle", plan_bundle, raising=False)
+    argv = ["plan", "--dataset-dir", "Task09", "--out", "liver", "--fold", "2", "--set", "pixdim=[1, 1, 2]"]
+    assert cli.main([*argv, "--bundle", "ms_guided_attention_2d", "--workers", "1", "--datalist", "d.json"]) == 0
+    dataset_dir, out, kwargs = calls[0]
+    assert (dataset_dir, out) == ("Task09", "liver")
+    assert kwargs == {
+        "datalist": "d.json",
+        "template": "ms_guided_attention_2d",
+        "fold": 2,
+        "overrides": {"pixdim": [1, 1, 2]},
+        "workers": 1,
+        "progress": True,
+    }
+    assert "medattn3d train --bundle ./liver" in capsys.readouterr().out
 
 
-def test_infer_without_weights_says_how_to_get_them(tmp_path, capsys):
-    code = cli.main(
-        [
-            "infer",
-            "--bundle",
-            "attention_unet_3d",
-            "--input",
-            str(_ct(tmp_path / "a.nii.gz")),
-            "--output",
-            str(tmp_path / "o"),
-            "--checkpoint",
-            str(tmp_path / "none.pt"),
-        ]
-    )
-    assert code == 2 and "none.pt: checkpoint not found" in capsys.readouterr().err
+def test_a_dataset_check_failure_lists_every_problem(monkeypatch, capsys):
+    class DatasetError(ValueError):
+        def __init__(self, problems):
+            self.problems = problems
+            super().__init__(f"the dataset has {len(problems)} problems")
 
+    def plan_bundle(*args, **kwargs):
+        raise DatasetError(["a.nii.gz: file not found", "b.nii.gz: label values [7] lie outside"])
 
-def test_infer_on_a_missing_path_and_an_empty_folder(tmp_path, random_checkpoint, capsys):
-    common = ["--output", str(tmp_path / "o"), "--checkpoint", str(random_checkpoint)]
-    assert cli.main(["infer", "--input", str(tmp_path / "nope.nii.gz"), *common]) == 2
-    (tmp_path / "empty").mkdir()
-    assert cli.main(["infer", "--input", str(tmp_path / "empty"), *common]) == 2
-    err = capsys.readouterr().err
-    assert "nope.nii.gz: file not found" in err and "empty: holds no volumes" in err
+    monkeypatch.setattr(planning, "plan_bundle", plan_bundle, raising=False)
+    assert cli.main(["plan", "--dataset-dir", "x", "--out", "y"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "error: the dataset has 2 problems",
+        "  a.nii.gz: file not found",
+        "  b.nii.gz: label values [7] lie outside",
+    ]
 
 
 def test_check_data_subcommand(tmp_path, capsys):
@@ -121,32 +122,3 @@ def test_check_data_subcommand(tmp_path, capsys):
     (tmp_path / data["training"][0]["label"]).unlink()
     assert cli.main(["check-data", str(manifest)]) == 1
     assert "file not found" in capsys.readouterr().out
-
-
-def test_unknown_bundle_is_explained(capsys):
-    assert cli.main(["evaluate", "--bundle", "unet9"]) == 2
-    assert "unet9: no such bundle (known: attention_unet_2d" in capsys.readouterr().err
-
-
-def test_explain_subcommand_writes_maps_and_index(tmp_path, random_checkpoint, capsys):
-    image = _ct(tmp_path / "a.nii.gz")
-    label = save_nifti(np.zeros((40, 36, 20), np.uint8), oblique_affine(), tmp_path / "a_label.nii.gz")
-    out = tmp_path / "explain"
-    code = cli.main(
-        [
-            "explain",
-            "--input",
-            str(image),
-            "--label",
-            str(label),
-            "--output",
-            str(out),
-            "--checkpoint",
-            str(random_checkpoint),
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    names = {p.name for p in out.iterdir()}
-    assert {"a_seg.nii.gz", "a_attention_gate_level1.nii.gz", "a_montage.png", "index.html"} <= names
-    assert nib.load(str(out / "a_attention_gate_level3.nii.gz")).shape == (40, 36, 20)
-    assert "gate_level1" in capsys.readouterr().out

@@ -1,0 +1,401 @@
+"""The batch inference loop behind ``medattn3d infer``: a finished case is never lost.
+
+One run = one bundle model: the bundle's ``configs/inference.json`` is parsed once, the network is built and its
+weights loaded and prepared once, and then the cases go through one at a time:
+
+1. before any compute, a header-only pass checks every input (rank, channels, size, DICOM series consistency,
+   whether the requested formats suit it) and reports every failing input at once; those are skipped, the rest run;
+2. per case, the bundle's preprocessing reads the volume once (its ``CheckVolumed`` checks the voxels on that same
+   load), the inferer predicts, :func:`medattn3d.outputs.write_case` writes every file atomically, and one line
+   with the time and an ETA is printed;
+3. a failing case is reported with its file and reason and the run goes on (``fail_fast`` stops it); the summary
+   lists written / skipped / failed.
+
+Cases can be split across processes or machines (``num_parts``/``part_id``); under ``torchrun`` the rank and world
+size map onto the same split (:func:`distributed_part`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medattn3d.errors import InputError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+# --- inputs -------------------------------------------------------------------------------------------------------
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """True when ``path`` starts like a DICOM file (the 128-byte preamble and ``DICM``; 132 bytes read)."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _holds_dicom(folder: Path) -> bool:
+    """True when one of ``folder``'s files is a DICOM file (stops at the first one)."""
+    return any(p.is_file() and _is_dicom_file(p) for p in sorted(folder.iterdir()))
+
+
+def discover_inputs(path: str | Path) -> list[Path]:
+    """The volumes behind ``path``: a file, a DICOM series folder, or a folder of volume files and series folders.
+
+    Sorted and absolute, so every process of a split run sees the same list in the same order.
+    """
+    path = Path(path).absolute()
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_file() or _holds_dicom(path):
+        return [path]
+    entries = sorted(path.iterdir())
+    volumes = [p for p in entries if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)]
+    series = [p for p in entries if p.is_dir() and _holds_dicom(p)]
+    if not volumes and not series:
+        raise InputError(path, "holds no volumes (NIfTI, NRRD, MHA, DICOM files or DICOM series folders)")
+    return volumes + series
+
+
+def select_part(items: Sequence[Any], num_parts: int = 1, part_id: int = 0) -> list[Any]:
+    """Share ``part_id`` of ``num_parts`` of ``items``: every ``num_parts``-th item from ``part_id`` (interleaved, so
+    sorted inputs of mixed sizes spread evenly). The shares of all parts cover ``items`` exactly once."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ValueError(f"--part-id must lie in 0..{num_parts - 1} for --num-parts {num_parts}, got {part_id}")
+    return list(items[part_id::num_parts])
+
+
+def distributed_part() -> tuple[int, int] | None:
+    """``(world_size, rank)`` when launched by ``torchrun`` with more than one process, else ``None``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (world, int(os.environ.get("RANK", "0"))) if world > 1 else None
+
+
+def _header_shape(path: Path) -> tuple[int, ...]:
+    """The voxel grid of a file from its header alone (nibabel for NIfTI, SimpleITK otherwise, pydicom for .dcm)."""
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        return tuple(int(s) for s in nib.load(str(path)).header.get_data_shape())
+    if name.endswith(".dcm"):
+        import pydicom
+
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        return (int(header.Columns), int(header.Rows), *((frames,) if frames > 1 else ()))
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    components = reader.GetNumberOfComponents()
+    return (*reader.GetSize(), *((components,) if components > 1 else ()))
+
+
+def check_header(
+    path: Path, channels: int = 1, formats: Sequence[str] = ("nifti",), series_uid: str | None = None, min_size: int = 4
+) -> None:
+    """Reject an input from its header alone (no voxel is read): unreadable, not 3D (or 4D with ``channels``
+    channels), an axis under ``min_size`` voxels, an inconsistent DICOM series, DICOM SEG asked of a non-DICOM input.
+    The voxel checks (non-finite values) run when the case is loaded."""
+    if not path.exists():
+        raise InputError(path, "file not found")
+    dicom = path.is_dir() or path.name.lower().endswith(".dcm")
+    if "dicom-seg" in formats and not dicom:
+        raise InputError(path, "--format dicom-seg needs a DICOM input (a series folder); this is not DICOM")
+    if path.is_dir():
+        from medattn3d.data.dicom import inspect_series
+
+        series = inspect_series(path, series_uid)
+        shape: tuple[int, ...] = (*_header_shape(series.files[0])[:2], len(series.files))
+    else:
+        if path.stat().st_size == 0:
+            raise InputError(path, "is an empty file")
+        try:
+            shape = _header_shape(path)
+        except Exception as err:  # readers raise many types; the user needs the file and the reason
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise InputError(path, f"cannot be read as an image ({reason[:300]})") from err
+    if len(shape) < 3 or len(shape) > 4 or (len(shape) == 4 and shape[3] != channels):
+        raise InputError(
+            path, f"is {len(shape)}D (shape {shape}) where a 3D volume with {channels} channel(s) is expected"
+        )
+    if len(shape) == 3 and channels != 1:
+        raise InputError(path, f"has 1 channel (shape {shape}) where {channels} are expected")
+    small = [i for i, s in enumerate(shape[:3]) if s < min_size]
+    if small:
+        raise InputError(path, f"is too small: shape {shape[:3]} has axis {small[0]} below the minimum of {min_size}")
+
+
+# --- the bundle's model ---------------------------------------------------------------------------------------------
+
+
+def device_expression(device: str) -> str | None:
+    """The bundle config value for ``--device`` (``auto`` keeps the bundle's own choice: CUDA when available)."""
+    if device == "auto":
+        return None
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return f"$torch.device('{device}')"
+
+
+def bundle_config(bundle: Path, overrides: dict[str, Any] | None = None) -> Any:
+    """``bundle/configs/inference.json`` as a MONAI ``ConfigParser`` rooted at ``bundle``, ``overrides`` applied."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
+@dataclass
+class BundleModel:
+    """What one inference run needs from a bundle, built once: the prepared network, the preprocessing (which the
+    writers invert), the inferer, the device and the class names."""
+
+    network: torch.nn.Module
+    preprocessing: Any
+    inferer: Any
+    device: torch.device
+    class_names: dict[str, str]
+    in_channels: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: Path, checkpoint: Path | None = None, overrides: dict[str, Any] | None = None
+    ) -> BundleModel:
+        """Parse ``bundle/configs/inference.json`` (+ ``overrides``), build the network on its device, load
+        ``checkpoint`` (default: the config's ``checkpoint``) and prepare it for inference, once."""
+        from medattn3d.engine.precision import prepare_for_inference
+        from medattn3d.training import load_weights
+
+        parser = bundle_config(bundle, overrides)
+        weights = Path(checkpoint) if checkpoint else Path(parser.get_parsed_content("checkpoint"))
+        if not weights.is_file():
+            raise InputError(weights, "no trained weights: train the bundle first or pass --checkpoint")
+        device = torch.device(parser.get_parsed_content("device"))
+        network = parser.get_parsed_content("network_def")
+        load_weights(network, weights)  # one line naming what differs when the weights do not fit
+        prepare_for_inference(network.to(device), parser.get_parsed_content("precision"), device)
+        names = parser.get("class_names") or {}
+        if not names:
+            names = {str(i): f"class{i}" for i in range(int(parser.get_parsed_content("num_classes")))}
+        return cls(
+            network=network,
+            preprocessing=parser.get_parsed_content("preprocessing"),
+            inferer=parser.get_parsed_content("inferer"),
+            device=device,
+            class_names={str(k): str(v) for k, v in names.items()},
+            in_channels=int(parser.get_parsed_content("in_channels")),
+            info={"name": f"medattn3d {bundle.name}", "bundle": str(bundle), "checkpoint": str(weights)},
+        )
+
+    def predict(self, path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Read and preprocess one input (one read; the voxel checks run on that load), run the network; returns
+        the logits (channel first, network space, on the CPU) and the preprocessed data the writers invert."""
+        data = self.preprocessing({"image": str(path)})
+        image = data["image"]
+        with torch.inference_mode():
+            logits = self.inferer(image[None].to(self.device), self.network)[0]
+        return logits.float().cpu(), data
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What a run did, case by case: written outputs, skipped (already complete) inputs, failures with reasons."""
+
+    written: dict[str, list[str]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def merge(self, other: RunSummary) -> RunSummary:
+        """This summary with ``other``'s cases added (the parts of a distributed run)."""
+        return RunSummary(
+            {**self.written, **other.written}, [*self.skipped, *other.skipped], {**self.failed, **other.failed}
+        )
+
+    def lines(self) -> list[str]:
+        """The closing summary: counts, then each failure with its reason."""
+        out = [f"summary: {len(self.written)} written, {len(self.skipped)} skipped, {len(self.failed)} failed"]
+        out += [f"  failed: {reason}" for reason in self.failed.values()]
+        return out
+
+
+def _reason(err: BaseException) -> str:
+    """``<file>: <problem>`` for bad input, else the error's last line."""
+    from medattn3d.errors import find_input_error
+
+    found = find_input_error(err)
+    if found is not None:
+        return str(found)
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else type(err).__name__
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class InferenceRun:
+    """One batch run over ``inputs`` (all of the run's inputs; ``num_parts``/``part_id`` choose this process's share;
+    names are decided over all of them, so every part names a case the same way).
+
+    Args:
+        model: the bundle model (built once).
+        output_dir: where every case's files go.
+        formats: segmentation formats (``nifti``, ``nrrd``, ``dicom-seg``).
+        save_probabilities: also write the per-class probabilities.
+        resume: skip cases whose expected outputs all exist (``--continue``).
+        fail_fast: stop at the first failing case.
+        series_uid: the DICOM series to read from a folder holding several.
+        print_line: where progress lines go (``None``: nowhere).
+    """
+
+    model: BundleModel
+    output_dir: Path
+    formats: Sequence[str] = ("nifti",)
+    save_probabilities: bool = False
+    resume: bool = False
+    fail_fast: bool = False
+    series_uid: str | None = None
+    print_line: Callable[[str], None] | None = print
+
+    def _say(self, line: str) -> None:
+        if self.print_line is not None:
+            self.print_line(line)
+
+    def run(self, inputs: Sequence[Path], num_parts: int = 1, part_id: int = 0) -> RunSummary:
+        """Check this share's inputs (headers), then predict and write each good one; returns the summary."""
+        from medattn3d.outputs import expected_outputs, output_names
+
+        names = output_names(inputs)
+        share = select_part(list(inputs), num_parts, part_id)
+        summary = RunSummary()
+        todo: list[Path] = []
+        for path in share:
+            name = names[Path(path).absolute()]
+            if self.resume and all(
+                p.is_file() for p in expected_outputs(self.output_dir, name, self.formats, self.save_probabilities)
+            ):
+                summary.skipped.append(str(path))
+                continue
+            try:
+                check_header(path, self.model.in_channels, self.formats, self.series_uid)
+            except InputError as err:
+                summary.failed[str(path)] = str(err)
+                continue
+            todo.append(path)
+        for reason in summary.failed.values():
+            self._say(f"skipped, bad input: {reason}")
+        if summary.failed and self.fail_fast:
+            return summary
+        if summary.skipped:
+            self._say(f"{len(summary.skipped)} case(s) already complete in {self.output_dir} (--continue)")
+        start = time.perf_counter()
+        for index, path in enumerate(todo, 1):
+            name = names[Path(path).absolute()]
+            case_start = time.perf_counter()
+            try:
+                files = self._case(path, name)
+            except Exception as err:
+                summary.failed[str(path)] = _reason(err)
+                self._say(f"[{index}/{len(todo)}] {path.name}: FAILED {summary.failed[str(path)]}")
+                if self.fail_fast:
+                    break
+                continue
+            summary.written[str(path)] = [str(f) for f in files]
+            elapsed = time.perf_counter() - start
+            eta = elapsed / index * (len(todo) - index)
+            self._say(
+                f"[{index}/{len(todo)}] {path.name} -> {Path(files[0]).name} "
+                f"{time.perf_counter() - case_start:.1f} s (ETA {_clock(eta)})"
+            )
+        return summary
+
+    def _case(self, path: Path, name: str) -> list[Path]:
+        from medattn3d.outputs.prediction import write_case
+
+        logits, data = self.model.predict(path)
+        return write_case(
+            logits,
+            data,
+            self.model.preprocessing,
+            self.output_dir,
+            name,
+            self.model.class_names,
+            tuple(self.formats),
+            self.save_probabilities,
+            source=path,
+            model_info=self.model.info,
+            series_uid=self.series_uid,
+        )
+
+
+def gather_summaries(summary: RunSummary) -> RunSummary:
+    """The union of every process's summary when ``torch.distributed`` runs (rank 0 prints it), else ``summary``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return summary
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, summary)
+    merged = RunSummary()
+    for part in parts:
+        merged = merged.merge(part)
+    return merged
+
+
+# --- evaluation results ----------------------------------------------------------------------------------------
+
+
+def dice_table(eval_dir: Path, class_names: dict[str, str]) -> list[tuple[str, float]]:
+    """Per-class mean Dice from MONAI's ``MetricsSaver`` summary CSV (``val_mean_dice_summary.csv``), named by
+    ``class_names`` (``{"1": "liver", ...}``; the metric leaves out the background, so its ``class0`` is label 1)."""
+    rows: list[tuple[str, float]] = []
+    with open(eval_dir / "val_mean_dice_summary.csv") as stream:
+        for row in csv.reader(stream):
+            if not row or row[0] == "class":  # the header row
+                continue
+            name = row[0]
+            if name.startswith("class"):
+                index = str(int(name.removeprefix("class")) + 1)
+                name = class_names.get(index, name)
+            rows.append((name, float(row[1])))
+    return rows
+
+
+def class_names_of(bundle: Path, overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """The bundle's ``class_names`` (from ``inference.json``), else the datalist's ``labels``, else ``{}``."""
+    parser = bundle_config(bundle, overrides)
+    names = parser.get("class_names")
+    if isinstance(names, dict) and names:
+        return {str(k): str(v) for k, v in names.items()}
+    try:
+        datalist = Path(parser.get_parsed_content("datalist"))
+        return {str(k): str(v) for k, v in json.loads(datalist.read_text()).get("labels", {}).items()}
+    except Exception:  # no datalist (yet): the CSV's own names are printed
+        print(f"note: no class names in {bundle} or its datalist", file=sys.stderr)
+        return {}

@@ -1,0 +1,49 @@
+"""A tiny bundle with random weights (a copy of the shipped 3D Attention U-Net, two levels, 16^3 patches)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medattn3d.bundles import BUNDLES_DIR
+from tests.helpers import oblique_affine, save_nifti
+
+CLASS_NAMES = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
+
+
+def make_tiny_bundle(target: Path) -> Path:
+    """Copy attention_unet_3d's configs, shrink its network and grid, save random weights as models/model.pt."""
+    from monai.bundle import ConfigParser
+
+    shutil.copytree(BUNDLES_DIR / "attention_unet_3d", target, ignore=shutil.ignore_patterns("models", "eval", "pred*"))
+    for name in ("inference.json", "train.json"):
+        config_file = target / "configs" / name
+        config = json.loads(config_file.read_text())
+        config["network_def"].update({"channels": [4, 8, 16], "strides": [2, 2], "deep_supervision": False})
+        config.update({"roi_size": [16, 16, 16], "pixdim": [4.0, 4.0, 4.0], "precision": "fp32"})
+        if name == "inference.json":
+            config.setdefault("class_names", CLASS_NAMES)
+        config_file.write_text(json.dumps(config, indent=4))
+    config_file = target / "configs" / "inference.json"
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    (target / "models").mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), target / "models" / "model.pt")
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+def ct(path: Path, shape=(24, 20, 12), affine=None, seed: int = 0) -> Path:
+    """A small random CT-like NIfTI volume with an oblique affine."""
+    image = np.random.default_rng(seed).normal(0, 100, shape).astype(np.float32)
+    return save_nifti(image, oblique_affine() if affine is None else affine, path)

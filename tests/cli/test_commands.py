@@ -1,0 +1,47 @@
+"""evaluate, explain and export through the command line, on the tiny random-weight bundle."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+
+from medattn3d import cli
+from tests.cli.conftest import CLASS_NAMES, ct
+from tests.helpers import oblique_affine, save_nifti
+
+
+def test_evaluate_prints_dice_per_class_under_the_bundles_class_names(tmp_path, tiny_bundle, capsys):
+    from medattn3d.data.demo import generate_demo_dataset
+
+    generate_demo_dataset(tmp_path / "data", num_train=1, num_val=2, num_test=0, shape=(32, 32, 16))
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--bundle", str(tiny_bundle), "-i", str(tmp_path / "data"), "-o", str(out), "--device", "cpu"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("Dice")]
+    assert [words[1] for words in lines] == [*(CLASS_NAMES[str(i)] for i in (1, 2, 3)), "mean"]
+    assert all(np.isnan(float(words[2])) or 0.0 <= float(words[2]) <= 1.0 for words in lines)
+    assert (out / "val_mean_dice_raw.csv").is_file()
+
+
+def test_explain_subcommand_writes_maps_and_index(tmp_path, tiny_bundle, capsys):
+    image = ct(tmp_path / "a.nii.gz")
+    label = save_nifti(np.zeros((24, 20, 12), np.uint8), oblique_affine(), tmp_path / "a_label.nii.gz")
+    out = tmp_path / "explain"
+    argv = ["explain", "--bundle", str(tiny_bundle), "-i", str(image), "--label", str(label), "-o", str(out)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    names = {p.name for p in out.rglob("*")}
+    assert "index.html" in names and any("attention" in n for n in names)
+    maps = [p for p in out.rglob("*attention*.nii.gz")]
+    assert maps and nib.load(str(maps[0])).shape[:3] == (24, 20, 12)
+
+
+def test_export_writes_torchscript_and_continue_keeps_it(tmp_path, tiny_bundle, capsys):
+    import torch
+
+    target = tmp_path / "model.ts"
+    assert cli.main(["export", "--bundle", str(tiny_bundle), "-o", str(target)]) == 0
+    scripted = torch.jit.load(str(target))
+    assert scripted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 4, 16, 16, 16)
+    before = target.stat().st_mtime_ns
+    assert cli.main(["export", "--bundle", str(tiny_bundle), "-o", str(target), "--continue"]) == 0
+    assert target.stat().st_mtime_ns == before and "kept" in capsys.readouterr().out
