@@ -17,9 +17,10 @@ it, and keeps no cache. What we reuse from MONAI is the reading (``medattn3d.dat
 spacing here are exactly what the transforms produce; the arrays are never reoriented, as counts and
 intensity statistics do not depend on axis order.
 
-Parallel: ``workers`` processes (spawn context: no forked torch state), each holding one case at a time (the image
-in its stored dtype and the label); ``workers=1`` runs in this process. The cache is a JSON file keyed by each
-file's path, size and modification time: a re-plan with unchanged files reads no image.
+Parallel: ``workers`` processes from a forkserver (spawn where there is none; never a fork of a process that may
+hold torch threads), each holding one case at a time (the image in its stored dtype, and the label); ``workers=1``
+runs in this process. The cache is a JSON file keyed by each file's path, size and modification time: a re-plan
+with unchanged files reads no image.
 """
 
 from __future__ import annotations
@@ -113,13 +114,15 @@ def _class_voxels(label: np.ndarray, path: str) -> dict[str, int]:
     return {str(value): int(n) for value, n in enumerate(counts) if n}
 
 
-def fingerprint_case(case: dict[str, Any], samples: int = SAMPLES_PER_CASE, seed: int = SAMPLE_SEED) -> dict[str, Any]:
-    """Read one case and return its geometry, class counts and per-channel foreground statistics (with samples).
+def fingerprint_case(case: dict[str, Any], samples: int | None = None, seed: int = SAMPLE_SEED) -> dict[str, Any]:
+    """Read one case and return its geometry, class counts and per-channel foreground statistics (with up to
+    ``samples`` foreground voxels per channel, default :data:`SAMPLES_PER_CASE`).
 
     Holds the image in its stored dtype plus the label; errors are ``InputError`` naming the file.
     """
     from medattn3d.data.loading import load_volume
 
+    samples = SAMPLES_PER_CASE if samples is None else samples
     image_paths, label_path = _paths(case["image"]), str(case["label"])
     image = load_volume(case["image"] if len(image_paths) > 1 else image_paths[0], dtype=None)
     shown = image_paths[0]
@@ -177,14 +180,26 @@ def fingerprint_case(case: dict[str, Any], samples: int = SAMPLES_PER_CASE, seed
     }
 
 
-def _worker(index: int, case: dict[str, Any]) -> tuple[int, dict[str, Any] | None, tuple[str, str] | None]:
+def _worker(
+    index: int, case: dict[str, Any], samples: int
+) -> tuple[int, dict[str, Any] | None, tuple[str, str] | None]:
     """Run :func:`fingerprint_case` in a worker; errors travel back as (path, problem), which pickles safely."""
     try:
-        return index, fingerprint_case(case), None
+        return index, fingerprint_case(case, samples), None
     except InputError as err:
         return index, None, (err.path, err.problem)
     except Exception as err:  # a reader or numpy failure: name the case's image
         return index, None, (str(_paths(case["image"])[0]), f"cannot be fingerprinted ({type(err).__name__}: {err})")
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Forkserver where the platform has it (a clean server process imports the readers once, then forks each
+    worker from it and is reused by later pools), spawn elsewhere; never a fork of this possibly threaded process."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["medattn3d.data.loading", "medattn3d.planning.fingerprint"])
+    return context
 
 
 def pool_intensities(per_case: Iterable[list[dict[str, Any]]]) -> list[dict[str, float | None]]:
@@ -272,12 +287,12 @@ def fingerprint_dataset(
         bar.update(len(cases) - len(todo))
         if workers <= 1 or len(todo) <= 1:
             for i in todo:
-                results[i] = fingerprint_case(cases[i])
+                results[i] = fingerprint_case(cases[i], SAMPLES_PER_CASE)
                 bar.update(1)
         else:
-            context = multiprocessing.get_context("spawn")
+            context = _worker_context()
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-                futures = [pool.submit(_worker, i, cases[i]) for i in todo]
+                futures = [pool.submit(_worker, i, cases[i], SAMPLES_PER_CASE) for i in todo]
                 for future in as_completed(futures):
                     index, result, error = future.result()
                     if error is not None:

@@ -62,3 +62,42 @@ def test_preset_pipeline_stops_before_processing_and_keeps_the_message(tmp_path)
         ct_transforms("infer", pixdim=None)({"image": str(bad)})
     found = find_input_error(info.value)
     assert found is not None and found.path.endswith("inf.nii.gz") and "non-finite" in found.problem
+
+
+@pytest.mark.parametrize("name", ["spleen_ct", "brain_mri", "abdomen_ct_14", "prostate_two_files"])
+def test_dataset_check_passes_clean_datasets_and_finds_the_planted_problem(tmp_path, name):
+    from medattn3d.data.check import check_dataset
+    from tests.planning.datasets import DATASETS, write_broken
+
+    assert check_dataset(DATASETS[name](tmp_path / "clean")) == []
+    path, fragment = write_broken(name, tmp_path / "broken")
+    problems = check_dataset(path)
+    assert len(problems) == 1 and fragment in problems[0], problems
+
+
+def test_dataset_check_lists_every_problem_one_line_each(tmp_path):
+    import json
+
+    from medattn3d.data.check import check_dataset, main
+    from tests.planning.datasets import write_spleen_ct
+
+    path = write_spleen_ct(tmp_path)
+    data = json.loads(path.read_text())
+    data["labels"] = {"0": "background", "2": "spleen"}
+    data["modality"] = {"0": "CT", "1": "PET"}
+    data["training"].append(dict(data["training"][0]))  # listed twice
+    data["training"].append({"image": "./imagesTr/spleen_2.nii.gz"})  # no label
+    data["test"].append(["./imagesTs/spleen_1.nii.gz", "./imagesTs/missing.nii.gz"])
+    path.write_text(json.dumps(data))
+    problems = check_dataset(path)
+    assert all("\n" not in line for line in problems)
+    expected = [
+        "'labels' keys must be the label values 0..1, got 0, 2",
+        "has 1 channel (shape (32, 32, 16)) where 2 are expected",  # every image: modality names 2 channels
+        "spleen_2.nii.gz is listed twice ('training' and 'training')",
+        "the 'training' entry for ./imagesTr/spleen_2.nii.gz has no 'label' path",
+        "imagesTs/missing.nii.gz: file not found",
+    ]
+    for fragment in expected:
+        assert any(fragment in line for line in problems), (fragment, problems)
+    assert main([str(path)]) == 1

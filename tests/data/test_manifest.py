@@ -107,3 +107,80 @@ def test_validator_on_a_broken_manifest_file(tmp_path):
     (tmp_path / "m.json").write_text("{not json")
     assert "is not valid JSON" in check.check_manifest(tmp_path / "m.json")[0]
     assert check.main([str(tmp_path / "nothing.json")]) == 1
+
+
+def _hand_folds(n: int, seed: int, k: int = 5) -> list[list[int]]:
+    """The seeded 5-fold partition computed here: numpy's RandomState shuffle, then every k-th index."""
+    order = list(range(n))
+    np.random.RandomState(seed).shuffle(order)
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+def test_msd_dataset_json_as_shipped_gets_a_seeded_five_fold_split(tmp_path):
+    from tests.planning.datasets import SPLEEN_CASES, write_spleen_ct
+
+    path = write_spleen_ct(tmp_path)
+    names = [f"./imagesTr/{c.name}.nii.gz" for c in SPLEEN_CASES]
+    splits = [manifest.split_datalist(path, fold=k, seed=3) for k in range(5)]
+    hand = _hand_folds(len(names), seed=3)
+    for k, split in enumerate(splits):
+        assert split.folds == [[names[i] for i in fold] for fold in hand]
+        assert split.fold == k and split.seed == 3 and split.source == "5-fold split of training, seed 3"
+        held_out = [str(tmp_path / names[i]) for i in hand[k]]
+        assert [r["image"] for r in split.validation] == held_out
+        assert sorted(r["image"] for r in split.training + split.validation) == sorted(str(tmp_path / n) for n in names)
+        assert all(r["label"].replace("labelsTr", "imagesTr") == r["image"] for r in split.training)
+    assert sorted(len(s.validation) for s in splits) == [1, 1, 1, 1, 2]  # 6 cases
+    assert manifest.split_datalist(path, fold=2, seed=3) == splits[2]  # deterministic
+    assert splits[0].as_record() == {"source": splits[0].source, "fold": 0, "seed": 3, "folds": splits[0].folds}
+    json.dumps(splits[0].as_record())
+
+
+def test_load_datalist_reads_msd_sections_and_folds(tmp_path):
+    from tests.planning.datasets import write_spleen_ct
+
+    path = write_spleen_ct(tmp_path)
+    split = manifest.split_datalist(path)
+    assert manifest.load_datalist(path, "training") == split.training
+    assert manifest.load_datalist(path, "validation") == split.validation
+    assert len(manifest.load_datalist(path, "training", fold=None)) == 6
+    assert manifest.load_datalist(path, "test") == [
+        {"image": str(tmp_path / "imagesTs" / f"{n}.nii.gz")} for n in ("spleen_1", "spleen_7")
+    ]
+    with pytest.raises(InputError, match=r"dataset.json: cannot make a validation split: fold must be in 0..4"):
+        manifest.split_datalist(path, fold=5)
+
+
+def test_a_validation_list_is_used_as_given(tmp_path):
+    from tests.planning.datasets import write_prostate_two_files
+
+    path = write_prostate_two_files(tmp_path)
+    split = manifest.split_datalist(path, fold=3)
+    assert split.source == "validation list" and split.fold is None and split.folds == []
+    assert [r["image"] for r in split.validation] == [
+        [str(tmp_path / "imagesTr" / f"prostate_06_000{c}.nii.gz") for c in range(2)]
+    ]
+    assert len(split.training) == 4 and manifest.load_datalist(path, "validation") == split.validation
+    assert manifest.load_datalist(path, "test")[0]["image"][1].endswith("imagesTs/prostate_03_0001.nii.gz")
+
+
+def test_fold_keys_in_the_datalist_are_kept(tmp_path):
+    entries = [{"image": f"i{n}.nii.gz", "label": f"l{n}.nii.gz", "fold": n % 3} for n in range(7)]
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"labels": {"0": "background", "1": "a"}, "modality": {"0": "CT"}, "training": entries}))
+    split = manifest.split_datalist(path, fold=1)
+    assert [r["image"] for r in split.validation] == [str(tmp_path / "i1.nii.gz"), str(tmp_path / "i4.nii.gz")]
+    assert len(split.training) == 5 and split.source == "fold keys"
+    assert split.folds == [
+        ["i0.nii.gz", "i3.nii.gz", "i6.nii.gz"],
+        ["i1.nii.gz", "i4.nii.gz"],
+        ["i2.nii.gz", "i5.nii.gz"],
+    ]
+    with pytest.raises(InputError, match=r"fold 4 is not among the datalist's folds \[0, 1, 2\]"):
+        manifest.split_datalist(path, fold=4)
+
+
+def test_fewer_than_five_cases_get_fewer_folds_and_one_case_none(tmp_path):
+    assert [len(v) for _, v, _ in (manifest.fold_split(list("abc"), k) for k in range(3))] == [1, 1, 1]
+    with pytest.raises(ValueError, match="at least 2 training cases"):
+        manifest.fold_split(["a"])
