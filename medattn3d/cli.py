@@ -34,8 +34,11 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     return overrides
 
 
-def run_overrides(device: str = "auto", precision: str | None = None, sets: Sequence[str] | None = None) -> dict:
-    """Config overrides from the flags every run command shares: ``--device``, ``--precision``, ``--set``."""
+def run_overrides(
+    device: str = "auto", precision: str | None = None, sets: Sequence[str] | None = None, runtime: str | None = None
+) -> dict:
+    """Config overrides from the flags the run commands share: ``--device``, ``--precision``, ``--runtime``,
+    ``--set`` (applied last, so it wins)."""
     from medattn3d.engine.runner import device_expression
 
     overrides: dict[str, Any] = {}
@@ -43,6 +46,8 @@ def run_overrides(device: str = "auto", precision: str | None = None, sets: Sequ
         overrides["device"] = device_expression(device)
     if precision:
         overrides["precision"] = precision
+    if runtime:
+        overrides["runtime"] = runtime
     overrides.update(parse_overrides(sets))
     return overrides
 
@@ -227,6 +232,10 @@ def explain(
         overrides["input_paths"] = [str(p) for p in paths]
         overrides["label_paths"] = [str(Path(label).resolve())] if label else None
     run_bundle(bundle, ["inference.json", "explain.json"], quiet=quiet, **overrides)
+    from medattn3d.explain import summary_lines
+
+    output_dir = Path(overrides.get("output_dir", bundle / "explain"))
+    print("\n".join(summary_lines(json.loads((output_dir / "attention_summary.json").read_text()))))
 
 
 def export(
@@ -349,7 +358,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         args.input,
         args.output,
         checkpoint=args.checkpoint,
-        overrides=run_overrides(args.device, args.precision, args.set),
+        overrides=run_overrides(args.device, args.precision, args.set, args.runtime),
         formats=formats,
         save_probabilities=args.save_probabilities,
         resume=args.resume,
@@ -500,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer_p.add_argument("--save-probabilities", action="store_true", help="also <name>_probabilities.nii.gz")
     infer_p.add_argument("--series-uid", help="DICOM SeriesInstanceUID, when a folder holds several series")
     infer_p.add_argument("--fail-fast", action="store_true", help="stop at the first failing case")
+    infer_p.add_argument(
+        "--runtime", choices=("torch", "openvino", "onnxruntime"), help="default: the bundle's runtime (torch)"
+    )
     _run_options(infer_p, split=True)
     infer_p.set_defaults(func=cmd_infer)
 

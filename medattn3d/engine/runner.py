@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
+from medattn3d.data.loading import VOLUME_SUFFIXES
 from medattn3d.errors import InputError
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -194,7 +194,11 @@ class BundleModel:
         device = torch.device(parser.get_parsed_content("device"))
         network = parser.get_parsed_content("network_def")
         load_weights(network, weights)  # one line naming what differs when the weights do not fit
-        prepare_for_inference(network.to(device), parser.get_parsed_content("precision"), device)
+        runtime = parser.get("runtime", "torch")
+        # the torch runtime prepares the network in place; openvino/onnxruntime return a stand-in module
+        network = prepare_for_inference(
+            network.to(device), parser.get_parsed_content("precision"), device, runtime=runtime
+        )
         names = parser.get("class_names") or {}
         if not names:
             names = {str(i): f"class{i}" for i in range(int(parser.get_parsed_content("num_classes")))}
@@ -205,7 +209,12 @@ class BundleModel:
             device=device,
             class_names={str(k): str(v) for k, v in names.items()},
             in_channels=int(parser.get_parsed_content("in_channels")),
-            info={"name": f"medattn3d {bundle.name}", "bundle": str(bundle), "checkpoint": str(weights)},
+            info={
+                "name": f"medattn3d {bundle.name}",
+                "bundle": str(bundle),
+                "checkpoint": str(weights),
+                "runtime": runtime,
+            },
         )
 
     def predict(self, path: Path) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -29,6 +29,7 @@ def test_explain_subcommand_writes_maps_and_index(tmp_path, tiny_bundle, capsys)
     out = tmp_path / "explain"
     argv = ["explain", "--bundle", str(tiny_bundle), "-i", str(image), "--label", str(label), "-o", str(out)]
     assert cli.main(argv) == 0, capsys.readouterr().err
+    assert "attention inside / outside" in capsys.readouterr().out
     names = {p.name for p in out.rglob("*")}
     assert "index.html" in names and any("attention" in n for n in names)
     maps = [p for p in out.rglob("*attention*.nii.gz")]
