@@ -59,11 +59,11 @@ def convert_ground_truth(dicom_folder: str | Path, ground_folder: str | Path, ou
         raise InputError(ground_folder, f"PNG slices of shape {label.shape[1:]} do not match the DICOM slices")
     label_image = sitk.GetImageFromArray(label)
     label_image.CopyInformation(image)
+    from medattn3d.outputs.atomic import atomic_path
+
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name.replace(".nii", ".tmp.nii"))
-    sitk.WriteImage(label_image, str(tmp))
-    tmp.replace(output)
+    with atomic_path(output) as tmp:
+        sitk.WriteImage(label_image, str(tmp))
     return output
 
 

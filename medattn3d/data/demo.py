@@ -166,9 +166,9 @@ def generate_demo_dataset(
         "test": [r["image"] for r in records[num_train + num_val :]],
         "generator_settings": settings,
     }
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(manifest_path)
+    from medattn3d.outputs.atomic import atomic_write_text  # lazy: outputs imports data modules
+
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     return manifest_path
 
 
@@ -190,6 +190,7 @@ def prepare_dataset(dataset_dir: str | Path, datalist: str | Path) -> Path:
 
 def _atomic_save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """Save a NIfTI under a temporary name, then rename it into place."""
-    tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
-    nib.save(nib.Nifti1Image(array, affine), str(tmp))
-    tmp.replace(path)
+    from medattn3d.outputs.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(array, affine), str(tmp))

@@ -244,10 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(out)
+    from medattn3d.outputs.atomic import atomic_write_text
+
+    out = atomic_write_text(args.out, json.dumps(manifest, indent=2) + "\n")
     print(
         f"wrote {out}: {manifest['numTraining']} training, {manifest['numValidation']} validation, "
         f"{manifest['numTest']} test"
