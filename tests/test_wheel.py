@@ -120,7 +120,8 @@ def test_sdist_carries_the_bundles_and_the_build_hook(tmp_path):
 
     script = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
     name = _run([sys.executable, "-c", script, str(tmp_path)], REPO, dict(os.environ)).stdout.strip().splitlines()[-1]
-    members = tarfile.open(tmp_path / name).getnames()
+    with tarfile.open(tmp_path / name) as archive:
+        members = archive.getnames()
     top = name.removesuffix(".tar.gz")
     assert f"{top}/setup.py" in members and f"{top}/bundles/attention_unet_3d/configs/inference.json" in members
     assert f"{top}/bundles/ms_guided_attention_2d/LICENSE" in members
