@@ -15,11 +15,11 @@ from medattn3d.networks.utils import linear_mode, resize_to
 def attention_names(network: nn.Module) -> list[str]:
     """Names (file-name tags) of the maps ``network.forward_with_attention`` returns, in its order.
 
-    A network that declares its maps (an ``attention_names`` attribute or method) is taken at its word; otherwise
-    the names follow from the two architectures' structure (guided attention: one map per step and scale;
-    Attention U-Net: one per gated decoder level, finest first).
+    Both medattn3d networks declare them (``attention_map_names()``); a network that does not (an older or
+    third-party one with ``forward_with_attention``) gets names from its structure (guided attention: one map per
+    step and scale; Attention U-Net: one per gated decoder level, finest first).
     """
-    declared = getattr(network, "attention_names", None)
+    declared = getattr(network, "attention_map_names", None)
     if declared is not None:
         return list(declared() if callable(declared) else declared)
     if hasattr(network, "num_steps") and hasattr(network, "num_scales"):

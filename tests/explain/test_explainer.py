@@ -134,7 +134,7 @@ def test_map_names_come_from_the_network_or_its_structure():
     unet = AttentionUNet(3, 1, 3, **SMALL)
     assert attention_names(unet) == ["gate_level1", "gate_level2"]
     declared = ConstantAttentionNet()
-    declared.attention_names = ["coarse", "fine"]
+    declared.attention_map_names = lambda: ["coarse", "fine"]
     assert attention_names(declared) == ["coarse", "fine"]
     assert default_map(["step1_scale1", "step1_scale2", "step2_scale1", "step2_scale2"]) == "step2_scale1"
     assert default_map(["gate_level1", "gate_level2"]) == "gate_level1"
