@@ -46,3 +46,12 @@ def test_export_writes_torchscript_and_continue_keeps_it(tmp_path, tiny_bundle, 
     before = target.stat().st_mtime_ns
     assert cli.main(["export", "--bundle", str(tiny_bundle), "-o", str(target), "--continue"]) == 0
     assert target.stat().st_mtime_ns == before and "kept" in capsys.readouterr().out
+
+
+def test_multi_gpu_evaluate_needs_the_bundles_config(tiny_bundle, capsys):
+    missing = tiny_bundle / "configs" / "multi_gpu_evaluate.json"
+    if missing.is_file():
+        missing.unlink()
+    assert cli.main(["evaluate", "--bundle", str(tiny_bundle), "--multi-gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "multi_gpu_evaluate.json: missing" in err[0]
