@@ -14,6 +14,17 @@ class InputError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class DatasetError(InputError):
+    """A dataset that cannot be planned or trained on: ``err.problems`` lists every problem found, one line each
+    (``"<file>: <problem>"``); ``str(err)`` names the datalist, the count, then the problems one per line."""
+
+    def __init__(self, path: str | Path, problems: list[str]) -> None:
+        self.problems = list(problems)
+        count = len(self.problems)
+        lines = "\n".join(self.problems)
+        super().__init__(path, f"{count} problem{'s' if count != 1 else ''} found, nothing was written:\n{lines}")
+
+
 def find_input_error(error: BaseException) -> InputError | None:
     """The ``InputError`` inside ``error``'s cause chain (MONAI wraps transform errors in RuntimeErrors), or None."""
     seen: set[int] = set()

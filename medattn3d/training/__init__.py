@@ -1,5 +1,13 @@
-"""Training support the bundle configs cannot express in JSON: atomic checkpoints, resume, best-model saving."""
+"""Training support the bundle configs cannot express in JSON: atomic checkpoints, resume, best-model saving,
+weights that say why they do not fit."""
 
-from medattn3d.training.checkpoints import BestModelSaver, TrainingCheckpoint, atomic_save
+from medattn3d.training.checkpoints import (
+    BestModelSaver,
+    FinalValidation,
+    LoadWeights,
+    TrainingCheckpoint,
+    atomic_save,
+    load_weights,
+)
 
-__all__ = ["BestModelSaver", "TrainingCheckpoint", "atomic_save"]
+__all__ = ["BestModelSaver", "FinalValidation", "LoadWeights", "TrainingCheckpoint", "atomic_save", "load_weights"]
