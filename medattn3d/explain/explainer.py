@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from medattn3d.explain.viewer import DEFAULT_MAX_VOXELS, Layer, copy_viewer_asse
 from medattn3d.outputs.atomic import atomic_path, atomic_write_text
 from medattn3d.outputs.naming import output_names
 from medattn3d.outputs.prediction import restore_chain, write_case
+from medattn3d.outputs.tables import class_name_map
 
 
 def _first(path: str | Sequence[str]) -> str:
@@ -64,7 +65,8 @@ class AttentionExplainer:
         montage_map: which map the montage shows and the viewer shows first (default: the finest gate level /
             the last step's finest scale).
         label_preprocessing: the ``stage="val"`` preset, used to bring ground-truth labels into the same space.
-        class_names: ``{"1": "liver", ...}`` for the viewer's legend (default: "class k").
+        class_names: ``{"1": "liver", ...}`` (or a list) for the prediction's label tables and the viewer's legend
+            (default: ``class_k``).
         viewer: write the interactive viewer (volumes as ``viewer/<case>.js`` plus the vendored NiiVue, ~2.3 MB).
         viewer_max_voxels: volumes larger than this are reduced by a whole factor per axis for the page only.
     """
@@ -77,7 +79,7 @@ class AttentionExplainer:
         output_dir: str | Path,
         montage_map: str | None = None,
         label_preprocessing: Compose | None = None,
-        class_names: dict[str, str] | None = None,
+        class_names: Mapping[Any, str] | Sequence[str] | None = None,
         viewer: bool = True,
         viewer_max_voxels: int = DEFAULT_MAX_VOXELS,
     ) -> None:
@@ -91,7 +93,8 @@ class AttentionExplainer:
             raise ValueError(f"montage_map {montage_map!r} is not one of this network's maps: {', '.join(self.names)}")
         self.montage_map = montage_map or default_map(self.names)
         self.label_preprocessing = label_preprocessing
-        self.class_names = {str(k): str(v) for k, v in (class_names or {}).items()}
+        self.class_names = class_names
+        self.num_classes = 0  # learnt from the first prediction: the viewer's legend names every class
         self.viewer = viewer
         self.viewer_max_voxels = viewer_max_voxels
 
@@ -136,7 +139,8 @@ class AttentionExplainer:
         ratios = {map_name: attention_ratio(maps[map_name], structure) for map_name in self.names}
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_case(data["pred"], data, self.preprocessing, self.output_dir, name, self.class_names or None)
+        self.num_classes = max(self.num_classes, int(data["pred"].shape[0]))
+        write_case(data["pred"], data, self.preprocessing, self.output_dir, name, self.class_names)
         self._write_maps(data, name)
         montage = write_montage(
             image,
@@ -180,7 +184,8 @@ class AttentionExplainer:
         viewer_cases = [c["viewer"] for c in cases if c["viewer"] is not None]
         if viewer_cases:
             copy_viewer_assets(self.output_dir)
-        index = write_index(self.output_dir, cases, self.names, viewer_cases, self.montage_map, self.class_names)
+        legend = {str(k): v for k, v in class_name_map(self.class_names, self.num_classes).items()}
+        index = write_index(self.output_dir, cases, self.names, viewer_cases, self.montage_map, legend)
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(["case", "structure", *self.names])

@@ -65,6 +65,7 @@ def _viewer_section(viewer_cases: list[dict[str, Any]], overlays: list[str], sho
 <p class="mv-help">Scroll (or drag) in a plane to move through its slices; click to move the crosshair; the
 location and the values under it appear below the image. Tick an overlay to show it, slide to change its opacity.
 Attention: dark near 0 (suppressed), bright near 1 (passed). Prediction and truth use one colour per class.</p>
+<ul id="mv-legend" aria-label="class colours"></ul>
 <p id="mv-location"></p>
 </div>
 </div>

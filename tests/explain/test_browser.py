@@ -62,6 +62,7 @@ def test_viewer_draws_the_volume_and_lists_every_overlay(tmp_path):
     rows = re.findall(r'<li data-overlay="([^"]+)"([^>]*)>', dom)
     assert [name for name, _ in rows] == ["prediction", "truth", "gate_level1", "gate_level2"]
     assert all("hidden" not in attributes for _, attributes in rows)  # every overlay exists for this case
+    assert dom.count('class="mv-swatch"') == 2  # legend: classes 1 and 2 of the three-class network
     assert 'data-images-loaded="1"' in dom and "missing image" not in dom.split("<script")[0]
 
     left, top, width, height = map(int, re.search(r'data-canvas="([\d,]+)"', section.group(0)).group(1).split(","))

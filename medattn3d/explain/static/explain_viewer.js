@@ -40,6 +40,22 @@
     return map;
   }
 
+  // One swatch per class, in the colours of the label overlays.
+  function fillLegend(colours) {
+    const legend = document.getElementById("mv-legend");
+    if (!legend) return;
+    legend.textContent = "";
+    for (let k = 1; k < colours.labels.length; k++) {
+      const item = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "mv-swatch";
+      swatch.style.background = "rgb(" + colours.R[k] + "," + colours.G[k] + "," + colours.B[k] + ")";
+      item.appendChild(swatch);
+      item.appendChild(document.createTextNode(" " + k + " " + colours.labels[k]));
+      legend.appendChild(item);
+    }
+  }
+
   function loadCaseScript(info) {
     if (state.cases[info.name]) return Promise.resolve(state.cases[info.name]);
     return new Promise(function (resolve, reject) {
@@ -125,6 +141,7 @@
       loadingText: "loading",
     });
     await state.nv.attachToCanvas(canvas);
+    fillLegend(labelColormap(state.config.classes || {}));
     state.nv.setSliceType(niivue.SLICE_TYPE.MULTIPLANAR);
     state.nv.onLocationChange = function (data) {
       const where = document.getElementById("mv-location");
