@@ -96,6 +96,25 @@ def load_volume(
     return _read(LoadImage(reader=reader, image_only=image_only, dtype=dtype), path, path)
 
 
+def check_channel_grid(
+    path: Any, shape: Sequence[int], affine: Any, first_path: Any, first_shape: Sequence[int], first_affine: Any
+) -> None:
+    """Refuse a channel file (``InputError`` naming it) that is not one 3D volume on the first channel's grid."""
+    if len(shape) != 3:
+        raise InputError(path, f"is {len(shape)}D (shape {tuple(shape)}): each channel file must hold one 3D volume")
+    if tuple(shape) != tuple(first_shape):
+        raise InputError(
+            path, f"channel shape {tuple(shape)} differs from the first channel's {tuple(first_shape)} ({first_path})"
+        )
+    diff = float(np.abs(np.asarray(affine, dtype=np.float64) - np.asarray(first_affine, dtype=np.float64)).max())
+    if diff > CHANNEL_AFFINE_TOLERANCE:
+        raise InputError(
+            path,
+            f"channel affine differs from the first channel's ({first_path}) by up to {diff:.3g} mm: "
+            "resample the channels onto one grid first",
+        )
+
+
 def load_channels(paths: Sequence[str | Path], series_uid: str | None = None, dtype: Any = np.float32) -> MetaTensor:
     """One multi-channel image from one file (or DICOM series) per channel, stacked in order on a last axis.
 
@@ -112,24 +131,7 @@ def load_channels(paths: Sequence[str | Path], series_uid: str | None = None, dt
         volume = load_volume(path, series_uid, dtype=dtype)
         if first is None:
             first = volume
-            if volume.ndim != 3:
-                raise InputError(
-                    path, f"is {volume.ndim}D (shape {tuple(volume.shape)}): each channel file must hold one 3D volume"
-                )
-        else:
-            if tuple(volume.shape) != tuple(first.shape):
-                raise InputError(
-                    path,
-                    f"channel shape {tuple(volume.shape)} differs from the first channel's {tuple(first.shape)} "
-                    f"({paths[0]})",
-                )
-            diff = float(np.abs(np.asarray(volume.affine) - np.asarray(first.affine)).max())
-            if diff > CHANNEL_AFFINE_TOLERANCE:
-                raise InputError(
-                    path,
-                    f"channel affine differs from the first channel's ({paths[0]}) by up to {diff:.3g} mm: "
-                    "resample the channels onto one grid first",
-                )
+        check_channel_grid(path, volume.shape, volume.affine, paths[0], first.shape, first.affine)
         channels.append(volume.as_tensor())
     assert first is not None
     meta = dict(first.meta)

@@ -43,6 +43,9 @@ from medattn3d.errors import InputError
 FINGERPRINT_VERSION = 1
 SAMPLES_PER_CASE = 10_000
 SAMPLE_SEED = 1234
+# Worker processes take seconds to start (they import torch and MONAI's readers): below this much data to read
+# (files' sizes on disk), one process is faster.
+MIN_BYTES_FOR_WORKERS = 64 * 2**20
 _CACHE_FORMAT = 1
 
 
@@ -99,7 +102,7 @@ def _class_voxels(label: np.ndarray, path: str) -> dict[str, int]:
     """Voxel count of every value in ``label`` (integers >= 0, else an ``InputError`` naming ``path``)."""
     import torch
 
-    flat = label.reshape(-1)
+    flat = np.ravel(label, order="K")  # no copy whatever the memory order (NIfTI arrays are column-major)
     floating = np.issubdtype(flat.dtype, np.floating)
     if floating and (not np.isfinite(flat).all() or not np.array_equal(flat, np.round(flat))):
         raise InputError(path, "label holds non-integer or non-finite values")
@@ -114,29 +117,62 @@ def _class_voxels(label: np.ndarray, path: str) -> dict[str, int]:
     return {str(value): int(n) for value, n in enumerate(counts) if n}
 
 
+def read_volume(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One file's voxels in their stored dtype and axis order, and its voxel-to-RAS affine.
+
+    NIfTI is read with nibabel directly, without the row-major reordering copy the transforms make (axis order
+    does not matter to counts and statistics; that copy took longer than decompressing); the affine is nibabel's,
+    the one MONAI's ``NibabelReader`` uses. Other formats go through :func:`medattn3d.data.loading.load_volume`.
+    """
+    from medattn3d.data.loading import load_volume
+
+    if path.lower().endswith((".nii", ".nii.gz")) and os.path.isfile(path):
+        import nibabel as nib
+
+        try:
+            image = nib.load(path)
+            return np.asanyarray(image.dataobj), np.asarray(image.affine)
+        except Exception as err:  # corrupt or not NIfTI: let the package's reader name the problem
+            raise InputError(path, f"cannot be read as an image ({type(err).__name__}: {err})") from err
+    volume = load_volume(path, dtype=None)
+    return volume.numpy(), np.asarray(volume.affine)
+
+
+def read_image(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """An image from one file, or from one file per channel stacked on a last axis (checked like
+    :func:`medattn3d.data.loading.load_channels`)."""
+    from medattn3d.data.loading import check_channel_grid
+
+    if len(paths) == 1:
+        return read_volume(paths[0])
+    arrays, first_affine = [], None
+    for path in paths:
+        array, affine = read_volume(path)
+        if first_affine is None:
+            first_affine = affine
+        check_channel_grid(
+            path, array.shape, affine, paths[0], arrays[0].shape if arrays else array.shape, first_affine
+        )
+        arrays.append(array)
+    return np.stack(arrays, axis=-1), first_affine
+
+
 def fingerprint_case(case: dict[str, Any], samples: int | None = None, seed: int = SAMPLE_SEED) -> dict[str, Any]:
     """Read one case and return its geometry, class counts and per-channel foreground statistics (with up to
     ``samples`` foreground voxels per channel, default :data:`SAMPLES_PER_CASE`).
 
     Holds the image in its stored dtype plus the label; errors are ``InputError`` naming the file.
     """
-    from medattn3d.data.loading import load_volume
-
     samples = SAMPLES_PER_CASE if samples is None else samples
     image_paths, label_path = _paths(case["image"]), str(case["label"])
-    image = load_volume(case["image"] if len(image_paths) > 1 else image_paths[0], dtype=None)
     shown = image_paths[0]
-    affine = np.asarray(image.affine)
-    array = image.numpy()
-    del image
+    array, affine = read_image(image_paths)
     if array.ndim not in (3, 4):
         raise InputError(shown, f"is {array.ndim}D (shape {array.shape}) where a 3D volume (channels last) is expected")
     channels = 1 if array.ndim == 3 else int(array.shape[3])
     if array.ndim == 3:
         array = array[..., None]
-    label_image = load_volume(label_path, dtype=None)
-    label = label_image.numpy()
-    del label_image
+    label, _ = read_volume(label_path)
     if label.ndim == 4 and label.shape[3] == 1:
         label = label[..., 0]
     if label.shape != array.shape[:3]:
@@ -269,7 +305,8 @@ def fingerprint_dataset(
     "intensities": [one dict per channel: mean, std, median, min, max, percentile_00_5, percentile_99_5]}`` (shape
     and spacing after reorientation to RAS; ``class_voxels`` lists the label values present). Cases whose files are
     unchanged since ``cache_file`` was written are not read; the cache is rewritten with exactly these cases.
-    ``workers`` processes read the others (1: in this process); ``progress`` shows a bar on stderr.
+    ``workers`` processes read the others (1, or less than :data:`MIN_BYTES_FOR_WORKERS` to read: in this process);
+    ``progress`` shows a bar on stderr.
     Raises ``InputError`` naming the file on the first unreadable or inconsistent case.
     """
     from tqdm import tqdm
@@ -283,9 +320,10 @@ def fingerprint_dataset(
     cached = _read_cache(cache_file)
     results: list[dict[str, Any] | None] = [cached.get(key) for key in keys]
     todo = [i for i, r in enumerate(results) if r is None]
+    to_read = sum(size for i in todo for _, size, _ in json.loads(keys[i]))
     with tqdm(total=len(cases), desc="fingerprint", unit="case", file=sys.stderr, disable=not progress) as bar:
         bar.update(len(cases) - len(todo))
-        if workers <= 1 or len(todo) <= 1:
+        if workers <= 1 or len(todo) <= 1 or to_read < MIN_BYTES_FOR_WORKERS:
             for i in todo:
                 results[i] = fingerprint_case(cases[i], SAMPLES_PER_CASE)
                 bar.update(1)

@@ -120,18 +120,19 @@ def test_cache_hit_reads_no_image_and_a_changed_file_is_reread(tmp_path, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("an image was read although the cache holds every case")
 
+    monkeypatch.setattr(fingerprint, "read_volume", refuse)
     monkeypatch.setattr(loading, "load_volume", refuse)
     assert fingerprint_dataset(cases, cache, workers=1, progress=False) == first
     monkeypatch.undo()
 
     read = []
-    original = loading.load_volume
+    original = fingerprint.read_volume
 
     def counting(path, *args, **kwargs):
         read.append(str(path))
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(loading, "load_volume", counting)
+    monkeypatch.setattr(fingerprint, "read_volume", counting)
     stat = os.stat(cases[2]["image"])
     os.utime(cases[2]["image"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert fingerprint_dataset(cases, cache, workers=1, progress=False) == first
@@ -155,10 +156,15 @@ def test_progress_bar_goes_to_stderr(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_worker_processes_give_the_same_fingerprint_and_name_a_bad_file(tmp_path):
+def test_worker_processes_give_the_same_fingerprint_and_name_a_bad_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(fingerprint, "MIN_BYTES_FOR_WORKERS", 0)  # tiny files: workers only when told
+    started = []
+    original = fingerprint._worker_context
+    monkeypatch.setattr(fingerprint, "_worker_context", lambda: started.append(1) or original())
     cases = load_datalist(datasets.write_prostate_two_files(tmp_path), "training", fold=None)
     serial = fingerprint_dataset(cases, None, workers=1, progress=False)
     assert fingerprint_dataset(cases, None, workers=2, progress=False) == serial
+    assert started  # the pool really ran
     (tmp_path / "imagesTr" / "prostate_01_0001.nii.gz").write_bytes(b"not a nifti file")
     with pytest.raises(InputError, match=r"prostate_01_0001.nii.gz: cannot be read as an image"):
         fingerprint_dataset(cases, None, workers=2, progress=False)
