@@ -127,6 +127,9 @@ def write_dicom_seg(
         headers = source_headers(source, series_uid)
     frames = frames_for_sources(labels, affine_ras, headers, source)
     first = headers[0]
+    missing = [k for k in ("FrameOfReferenceUID", "StudyInstanceUID", "SOPClassUID") if k not in first]
+    if missing:
+        raise InputError(source, f"cannot reference this series in a DICOM SEG: its slices lack {', '.join(missing)}")
     segmentation = hd.seg.Segmentation(
         source_images=headers,
         pixel_array=frames,

@@ -105,8 +105,8 @@ def write_restored(
     series_uid: str | None = None,
 ) -> list[Path]:
     """Write every output of one case from its probabilities ``(C, X, Y, Z)`` in the input's grid (``affine``:
-    voxel -> RAS). Returns the written paths: segmentations in the order of ``formats``, then the sidecar, the Slicer
-    and ITK-SNAP tables, then the probabilities."""
+    voxel -> RAS). Returns the written paths: segmentations in the order of ``formats``, the probabilities, the
+    Slicer and ITK-SNAP tables, and last the JSON sidecar (its presence marks a complete case)."""
     formats = check_request(source, formats) if "dicom-seg" in formats else check_formats(formats)
     output_dir = Path(output_dir)
     probabilities = (
@@ -145,10 +145,11 @@ def write_restored(
         ITKSNAP_TABLE_SUFFIX: itksnap_label_description(entries),
         SIDECAR_SUFFIX: sidecar(entries, files, str(source), spacing, labels.shape, model_info),
     }
-    for suffix in (SIDECAR_SUFFIX, SLICER_TABLE_SUFFIX, ITKSNAP_TABLE_SUFFIX):
-        written.append(atomic_write_text(Path(f"{base}{suffix}"), tables[suffix]))
     if save_probabilities:
         written.append(write_probabilities(probability_path, probabilities, affine))
+    # the sidecar goes last: when it exists, every other file of the case is complete
+    for suffix in (SLICER_TABLE_SUFFIX, ITKSNAP_TABLE_SUFFIX, SIDECAR_SUFFIX):
+        written.append(atomic_write_text(Path(f"{base}{suffix}"), tables[suffix]))
     return written
 
 
