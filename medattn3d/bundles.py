@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -139,16 +140,28 @@ def quiet_monai(quiet: bool = True) -> None:
     warnings.filterwarnings(action, message=r"NvImgCodecPydicomReader", category=UserWarning)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stdout`` is at the time of each record (not at creation)."""
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _medattn3d_console() -> None:
-    """Our own INFO lines (training and validation logs) as plain lines on stdout, once."""
+    """Our own INFO lines (training and validation logs) as plain lines, once (records still propagate, so a
+    root handler that the user configured sees them too)."""
     logger = logging.getLogger("medattn3d")
     if not any(getattr(h, "_medattn3d", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._medattn3d = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def run_bundle(bundle: Path, configs: list[str], quiet: bool = True, **overrides: Any) -> Any:

@@ -194,12 +194,12 @@ class BundleModel:
         device = torch.device(parser.get_parsed_content("device"))
         network = parser.get_parsed_content("network_def")
         load_weights(network, weights)  # one line naming what differs when the weights do not fit
-        runtime = parser.get("runtime", "torch")
+        runtime = parser.get_parsed_content("runtime", default="torch")
         # the torch runtime prepares the network in place; openvino/onnxruntime return a stand-in module
         network = prepare_for_inference(
             network.to(device), parser.get_parsed_content("precision"), device, runtime=runtime
         )
-        names = parser.get("class_names") or {}
+        names = parser.get_parsed_content("class_names", default=None) or {}
         if not names:
             names = {str(i): f"class{i}" for i in range(int(parser.get_parsed_content("num_classes")))}
         return cls(
@@ -399,7 +399,7 @@ def dice_table(eval_dir: Path, class_names: dict[str, str]) -> list[tuple[str, f
 def class_names_of(bundle: Path, overrides: dict[str, Any] | None = None) -> dict[str, str]:
     """The bundle's ``class_names`` (from ``inference.json``), else the datalist's ``labels``, else ``{}``."""
     parser = bundle_config(bundle, overrides)
-    names = parser.get("class_names")
+    names = parser.get_parsed_content("class_names", default=None)
     if isinstance(names, dict) and names:
         return {str(k): str(v) for k, v in names.items()}
     try:
