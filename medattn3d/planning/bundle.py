@@ -119,9 +119,11 @@ def build_bundle(
     name: str | None = None,
     readme_extra: str = "",
     cuda_available: bool | None = None,
+    check: bool = True,
 ) -> Path:
     """:func:`plan_bundle` with the knobs the shipped-bundle generator needs: ``source`` (how configs name the data;
-    default: the absolute paths), ``cache_file`` (default: in the bundle), ``name`` and extra README text."""
+    default: the absolute paths), ``cache_file`` (default: in the bundle), ``name``, extra README text, the CUDA
+    availability the target rule sees, and ``check=False`` for a dataset the caller has just checked."""
     from medattn3d.data.check import check_dataset
     from medattn3d.data.manifest import read_manifest, split_datalist
     from medattn3d.planning.fingerprint import fingerprint_dataset
@@ -132,7 +134,7 @@ def build_bundle(
     datalist_path = Path(datalist).expanduser().resolve() if datalist else root / "dataset.json"
     out = Path(out).expanduser().resolve()
     _check_out(out, source.datalist if source is not None else str(datalist_path))
-    problems = check_dataset(datalist_path, root)
+    problems = check_dataset(datalist_path, root) if check else []
     if problems:
         raise DatasetError(datalist_path, problems)
     manifest = read_manifest(datalist_path)

@@ -54,7 +54,13 @@ def demo_dataset() -> Path:
 
 def generate(out_dir: Path = SHIPPED_DIR, cache_file: Path | None = None, progress: bool = False) -> list[Path]:
     """Write the four shipped bundles under ``out_dir`` (models/ and docs/results.md there are kept)."""
+    from medattn3d.data.check import check_dataset
+    from medattn3d.errors import DatasetError
+
     root = demo_dataset()
+    problems = check_dataset(root / "dataset.json", root)  # once for the four bundles
+    if problems:
+        raise DatasetError(root / "dataset.json", problems)
     cache = cache_file or Path(tempfile.gettempdir()) / "medattn3d_demo_fingerprint.json"
     written = []
     for name, overrides in SHIPPED_OVERRIDES.items():
@@ -71,6 +77,7 @@ def generate(out_dir: Path = SHIPPED_DIR, cache_file: Path | None = None, progre
                 name=name,
                 readme_extra=README_EXTRA.format(name=name),
                 cuda_available=False,
+                check=False,
             )
         )
     return written
