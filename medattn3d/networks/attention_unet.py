@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.networks.blocks import Convolution
@@ -10,7 +11,7 @@ from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 
 from medattn3d.networks.blocks import DoubleConv, MultiHeadGridAttention
-from medattn3d.networks.utils import check_input, kaiming_init, linear_mode, resize_to, stride_products
+from medattn3d.networks.utils import check_input, init_weights, linear_mode, resize_to, stride_products
 
 
 class UpLevel(nn.Module):
@@ -76,9 +77,16 @@ class AttentionUNet(nn.Module):
             grid before upsampling, as MONAI's up-convolution does; the double conv then reads 2 x width channels
             instead of 3 x width (about a fifth fewer FLOPs in total). ``False`` concatenates the full coarse width
             as the authors' ``UnetUp3_CT`` does.
+        conv_bias: biases in the encoder/decoder double convolutions (the authors' have them; a bias right before
+            BatchNorm is cancelled by it, so off by default).
+        init: ``"kaiming"`` (Kaiming-normal convs, zero biases) or ``"authors"`` (the authors' scheme: Kaiming-normal
+            convs, PyTorch-default biases, BatchNorm weights ~ N(1, 0.02)).
 
     ``forward_with_attention(x)`` returns ``(logits, attention)`` where ``attention[i]`` holds the gate coefficients
-    of gated level ``i + 1`` (finest gated level first), shape ``(B, attention_heads, *level_size)``, in [0, 1].
+    of gated level ``i + 1`` (finest gated level first), shape ``(B, attention_heads, *level_size)``, in [0, 1];
+    ``attention_map_names()`` names them (``gate_level1``, ...).
+
+    The registry preset ``get_network("attention_unet_oktay2018", ...)`` is the authors' released CT model.
     """
 
     def __init__(
@@ -97,6 +105,8 @@ class AttentionUNet(nn.Module):
         deep_supr_num: int | None = None,
         output_fusion: bool = False,
         up_projection: bool = True,
+        conv_bias: bool = False,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -107,6 +117,8 @@ class AttentionUNet(nn.Module):
             raise ValueError(
                 f"len(strides) must be len(channels) - 1 = {len(channels) - 1}, got strides={tuple(strides)}"
             )
+        if init not in ("kaiming", "authors"):
+            raise ValueError(f"init must be 'kaiming' or 'authors', got {init!r}")
         num_coarse = len(channels) - 2
         supr_num = num_coarse if deep_supr_num is None else deep_supr_num
         if deep_supervision and not 1 <= supr_num <= num_coarse:
@@ -114,13 +126,14 @@ class AttentionUNet(nn.Module):
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
-        self.multiples = stride_products(strides, spatial_dims)
+        self.multiples = self.required_input_multiple(spatial_dims, strides)
+        self.num_gated_levels = num_coarse
         self.deep_supervision = deep_supervision
         self.deep_supr_num = supr_num if deep_supervision else 0
         self.output_fusion = output_fusion
         mode = linear_mode(spatial_dims)
         self.mode = mode
-        conv_kw = {"kernel_size": kernel_size, "norm": norm, "act": act, "dropout": dropout}
+        conv_kw = {"kernel_size": kernel_size, "norm": norm, "act": act, "dropout": dropout, "bias": conv_bias}
         pool = Pool[Pool.MAX, spatial_dims]
         conv1x1 = Conv[Conv.CONV, spatial_dims]
 
@@ -168,7 +181,25 @@ class AttentionUNet(nn.Module):
         self.fuse: nn.Module = (
             conv1x1(out_channels * (num_coarse + 1), out_channels, kernel_size=1) if output_fusion else nn.Identity()
         )
-        kaiming_init(self)
+        init_weights(self, "kaiming" if init == "kaiming" else "authors_kaiming")
+
+    @staticmethod
+    def required_input_multiple(
+        spatial_dims: int, strides: Sequence[Sequence[int] | int] = (2, 2, 2, 2), **_: Any
+    ) -> list[int]:
+        """Per-axis multiple every input size must have: the product of ``strides`` (16 with the defaults).
+
+        Takes the constructor's keyword arguments (others are ignored), so a planner can ask before building.
+        """
+        return stride_products(strides, spatial_dims)
+
+    @torch.jit.export
+    def attention_map_names(self) -> list[str]:
+        """Names of the maps ``forward_with_attention`` returns, in its order: ``gate_level1`` (finest) ..."""
+        names: list[str] = []
+        for i in range(self.num_gated_levels):
+            names.append("gate_level" + str(i + 1))
+        return names
 
     def _decode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Decoder outputs (finest first, one per level but the centre) and gate coefficients (finest first)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.networks.blocks import Convolution
@@ -12,9 +13,7 @@ from torch import nn
 
 from medattn3d.networks.blocks import GuidedRefinementStep
 from medattn3d.networks.blocks.resnet_encoder import ResNetEncoder, load_backbone_weights
-from medattn3d.networks.utils import check_input, kaiming_init, linear_mode, resize_to
-
-TRAIN_OUTPUT_KEYS = ("logits", "scale_logits", "latents", "reconstruction_inputs", "reconstructions")
+from medattn3d.networks.utils import check_input, init_weights, linear_mode, resize_to
 
 
 class MultiScaleGuidedAttentionNet(nn.Module):
@@ -30,16 +29,25 @@ class MultiScaleGuidedAttentionNet(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: input channels.
         out_channels: output channels (classes, background included).
-        backbone: ResNet depth name (``resnet10`` ... ``resnet200``); the paper uses ResNet-101 (its code
-            ResNeXt-101); ``resnet50`` keeps its 256..2048 stage widths at a fraction of the cost.
-        backbone_widths: the ResNet's four stage widths (default 64, 128, 256, 512).
+        backbone: ResNet depth name (``resnet10`` ... ``resnet200``) or ``resnext50_32x4d`` /
+            ``resnext101_32x8d``; the paper says ResNet-101, the authors' code trains a ResNeXt-101 32x8d from
+            scratch; ``resnet50`` keeps its 256..2048 stage widths at a fraction of the cost.
+        backbone_widths: the backbone's four stage widths (default 64, 128, 256, 512).
         feature_channels: width ``C`` of the per-scale and fused features (64 in the paper).
         num_steps: refinement steps (2 in the paper); each adds a guided-loss pair per scale.
         norm: MONAI norm spec for every block.
         act: MONAI activation spec of the projections and attention branches (PReLU in the paper).
-        pretrained_backbone: optional local file with ResNet weights (e.g. MedicalNet for 3D, 1 input channel).
+        pretrained_backbone: optional local file with ResNet weights (e.g. MedicalNet for 3D, 1 input channel:
+            their ``{"state_dict": {"module.conv1.weight": ...}}`` layout loads as is).
+        shortcut_type: the ResNet's shortcuts: ``"B"`` (1x1 conv + norm, the default) or ``"A"`` (zero-padded
+            identity, as MedicalNet's resnet18/34 were trained with). Scriptable either way.
+        init: ``"kaiming"`` (Kaiming-normal convs, zero biases; the backbone keeps MONAI's init) or ``"authors"``
+            (the authors' scheme on every conv, backbone included: Xavier-normal weights, PyTorch-default biases,
+            BatchNorm weights ~ N(1, 0.02)).
 
-    Input sizes must be multiples of 16 (the encoder-decoder halves the 1/4-scale map twice).
+    Input sizes must be multiples of 32 (:meth:`required_input_multiple`): the backbone's deepest stage is 1/32 of
+    the input. In ``train()`` a batch whose deepest stage holds a single voxel is refused (BatchNorm cannot
+    normalise one value).
 
     In ``eval()`` ``forward`` returns the logits ``(B, out_channels, *input_size)``. In ``train()`` it returns a
     dict of lists of tensors (all lists step-major: entry ``k * num_scales + s`` is step ``k``, scale ``s``):
@@ -52,7 +60,9 @@ class MultiScaleGuidedAttentionNet(nn.Module):
 
     ``forward_with_attention(x)`` returns ``(logits, maps)``, ``maps`` step-major per scale, each
     ``(B, 1, *finest_feature_size)``: the channel-mean magnitude of the guided attention output, scaled to [0, 1]
-    per sample.
+    per sample; ``attention_map_names()`` names them (``step1_scale1``, ...).
+
+    The registry preset ``get_network("ms_guided_attention_sinha2021", ...)`` is the authors' model.
     """
 
     def __init__(
@@ -67,17 +77,23 @@ class MultiScaleGuidedAttentionNet(nn.Module):
         norm: str | tuple = "batch",
         act: str | tuple = "prelu",
         pretrained_backbone: str | Path | None = None,
+        shortcut_type: str = "B",
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if init not in ("kaiming", "authors"):
+            raise ValueError(f"init must be 'kaiming' or 'authors', got {init!r}")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
-        self.multiples = [16] * spatial_dims
+        self.multiples = self.required_input_multiple(spatial_dims)
         self.mode = linear_mode(spatial_dims)
-        self.encoder = ResNetEncoder(spatial_dims, in_channels, backbone, backbone_widths, norm=norm)
+        self.encoder = ResNetEncoder(
+            spatial_dims, in_channels, backbone, backbone_widths, norm=norm, shortcut_type=shortcut_type
+        )
         self.num_scales = len(self.encoder.out_channels)
         self.num_steps = num_steps
         c = feature_channels
@@ -95,17 +111,48 @@ class MultiScaleGuidedAttentionNet(nn.Module):
         conv = Conv[Conv.CONV, spatial_dims]
         self.initial_heads = nn.ModuleList(conv(c, out_channels, kernel_size=1) for _ in range(self.num_scales))
         self.final_heads = nn.ModuleList(conv(c, out_channels, kernel_size=1) for _ in range(self.num_scales))
-        for name, child in self.named_children():
-            if name != "encoder":  # MONAI's ResNet initialises itself (Kaiming convs)
-                kaiming_init(child)
+        if init == "authors":
+            init_weights(self, "authors_xavier")
+        else:
+            for name, child in self.named_children():
+                if name != "encoder":  # MONAI's ResNet initialises itself (Kaiming convs)
+                    init_weights(child, "kaiming")
         if pretrained_backbone is not None:
             load_backbone_weights(self.encoder.resnet, pretrained_backbone)
+
+    @staticmethod
+    def required_input_multiple(spatial_dims: int, **_: Any) -> list[int]:
+        """Per-axis multiple every input size must have: 32, the backbone's total downsampling (stem 4, then three
+        stride-2 stages), which also covers the encoder-decoder's two halvings of the 1/4-scale map.
+
+        Takes the constructor's keyword arguments (others are ignored), so a planner can ask before building.
+        """
+        return [32] * spatial_dims
+
+    @torch.jit.export
+    def attention_map_names(self) -> list[str]:
+        """Names of the maps ``forward_with_attention`` returns, in its order: ``step1_scale1``, ``step1_scale2``..."""
+        names: list[str] = []
+        for k in range(self.num_steps):
+            for s in range(self.num_scales):
+                names.append("step" + str(k + 1) + "_scale" + str(s + 1))
+        return names
 
     def _refine(
         self, x: torch.Tensor
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Per-scale features, then step-major attention features, latents, encoder-decoder inputs, outputs."""
         check_input(x, "MultiScaleGuidedAttentionNet", self.in_channels, self.spatial_dims, self.multiples)
+        if self.training:
+            deepest = x.shape[0]
+            for axis in range(self.spatial_dims):
+                deepest = deepest * (x.shape[axis + 2] // self.multiples[axis])
+            if deepest == 1:
+                raise ValueError(
+                    f"MultiScaleGuidedAttentionNet: in training the input {list(x.shape)} leaves one voxel in the "
+                    f"backbone's deepest stage (1/32 of the input), which BatchNorm cannot normalise; give a batch of "
+                    f"2 or more, or a patch of at least 64 on one axis"
+                )
         features = self.encoder(x)
         finest = list(features[0].shape[2:])
         scale_features: list[torch.Tensor] = []

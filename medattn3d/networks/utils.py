@@ -58,10 +58,36 @@ def stride_products(strides: Sequence[Sequence[int] | int], spatial_dims: int) -
     return total
 
 
-def kaiming_init(module: nn.Module) -> None:
-    """Kaiming-normal init of every conv weight and zero bias, as in both authors' code."""
+INIT_SCHEMES = ("kaiming", "authors_kaiming", "authors_xavier")
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def init_weights(module: nn.Module, scheme: str = "kaiming") -> None:
+    """Initialise every convolution (and BatchNorm) inside ``module`` by ``scheme``.
+
+    - ``"kaiming"``: Kaiming-normal conv weights (fan in), zero conv biases, BatchNorm left at (1, 0). Our default.
+    - ``"authors_kaiming"``: Oktay et al.'s code: Kaiming-normal conv weights, conv biases left at PyTorch's
+      default, BatchNorm weights ~ N(1, 0.02) and biases 0.
+    - ``"authors_xavier"``: Sinha & Dolz's code: Xavier-normal conv (and transposed conv) weights, biases left at
+      PyTorch's default, BatchNorm weights ~ N(1, 0.02) and biases 0.
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {INIT_SCHEMES}, got {scheme!r}")
     for m in module.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            nn.init.kaiming_normal_(m.weight, a=0.0, mode="fan_in")
-            if m.bias is not None:
+        if isinstance(m, _CONVS):
+            if scheme == "authors_xavier":
+                nn.init.xavier_normal_(m.weight)
+            else:
+                nn.init.kaiming_normal_(m.weight, a=0.0, mode="fan_in")
+            if scheme == "kaiming" and m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, _BATCH_NORMS) and scheme != "kaiming" and m.affine:
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def kaiming_init(module: nn.Module) -> None:
+    """Kaiming-normal init of every conv weight and zero bias (``init_weights(module, "kaiming")``)."""
+    init_weights(module, "kaiming")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medattn3d.networks.blocks import GridAttentionGate, MultiHeadGridAttention
+from medattn3d.networks.blocks import GridAttentionGate, IdentityGate, MultiHeadGridAttention
 
 
 def _pointwise(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -78,12 +78,25 @@ def test_multi_head_gate_returns_one_coefficient_map_per_head():
     assert not torch.allclose(alphas[:, 0], alphas[:, 1])  # independent heads
 
 
-def test_single_head_gate_is_the_gate_itself():
+def test_single_head_keeps_the_authors_conv_norm_act_after_the_gate():
     block = MultiHeadGridAttention(2, in_channels=4, gating_channels=8, heads=1).eval()
     x, g = torch.randn(1, 4, 8, 8), torch.randn(1, 8, 4, 4)
     y, alphas = block(x, g)
     y_gate, alpha_gate = block.gates[0](x, g)
-    assert torch.equal(y, y_gate) and torch.equal(alphas, alpha_gate)
+    conv, norm = block.combine.conv, block.combine.adn.N
+    assert conv.in_channels == conv.out_channels == 4 and tuple(conv.kernel_size) == (1, 1)
+    # 1x1 conv, eval BatchNorm and ReLU on the gate's output, written out
+    z = _pointwise(conv.weight, conv.bias, y_gate)
+    shape = (1, -1, 1, 1)
+    z = (z - norm.running_mean.view(shape)) / torch.sqrt(norm.running_var.view(shape) + norm.eps)
+    z = torch.relu(z * norm.weight.view(shape) + norm.bias.view(shape))
+    assert torch.allclose(y, z, atol=1e-6) and torch.equal(alphas, alpha_gate)
+
+
+def test_identity_gate_passes_the_skip_through():
+    x, g = torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)
+    y, alphas = IdentityGate()(x, g)
+    assert y is x and alphas.shape == (2, 0, 8, 8)
 
 
 def test_gate_rejects_zero_heads():

@@ -118,3 +118,36 @@ def test_authors_decoder_without_up_projection():
     assert net.final_up.conv.conv_0.conv.in_channels == SMALL["channels"][0] + SMALL["channels"][1]
     y = net.eval()(torch.randn(1, 1, 16, 16, 16))
     assert y.shape == (1, 2, 16, 16, 16)
+
+
+def test_required_input_multiple_is_the_product_of_the_strides():
+    strides = ((2, 2, 1), (2, 2, 2), (2, 2, 1))
+    assert AttentionUNet.required_input_multiple(3, strides) == [8, 8, 2]
+    # the constructor's keywords are accepted as they are (a planner passes the whole network_def)
+    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": (4, 8, 16, 32), "strides": strides}
+    assert AttentionUNet.required_input_multiple(**kwargs) == AttentionUNet(**kwargs).multiples == [8, 8, 2]
+    assert AttentionUNet.required_input_multiple(2) == [16, 16]
+
+
+def test_attention_map_names_follow_forward_with_attention():
+    net = AttentionUNet(3, 1, 2, channels=(4, 8, 16, 32, 64), strides=(2, 2, 2, 2)).eval()
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        _, maps = net.forward_with_attention(torch.randn(1, 1, 32, 32, 32))
+    assert net.attention_map_names() == scripted.attention_map_names() == ["gate_level1", "gate_level2", "gate_level3"]
+    assert len(maps) == len(net.attention_map_names())
+
+
+def test_conv_bias_and_authors_init():
+    plain = AttentionUNet(3, 1, 2, **SMALL)
+    assert plain.encoder[0].conv_0.conv.bias is None
+    authors = AttentionUNet(3, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2), conv_bias=True, init="authors")
+    conv = authors.encoder[1][1].conv_1.conv
+    assert conv.bias is not None and torch.any(conv.bias != 0)  # PyTorch's default bias init, as the authors keep
+    # Kaiming-normal (fan in) weights: std sqrt(2 / fan_in)
+    fan_in = conv.weight[0].numel()
+    assert abs(float(conv.weight.std()) / (2 / fan_in) ** 0.5 - 1) < 0.1
+    norms = torch.cat([m.weight for m in authors.modules() if isinstance(m, torch.nn.BatchNorm3d)])
+    assert abs(float(norms.mean()) - 1) < 0.01 and 0.015 < float(norms.std()) < 0.025  # N(1, 0.02)
+    with pytest.raises(ValueError, match="init must be 'kaiming' or 'authors'"):
+        AttentionUNet(3, 1, 2, **SMALL, init="xavier")

@@ -5,7 +5,7 @@ import torch
 
 from medattn3d.networks import MultiScaleGuidedAttentionNet
 from medattn3d.networks.blocks import PositionAttention
-from medattn3d.networks.blocks.resnet_encoder import ResNetEncoder
+from medattn3d.networks.blocks.resnet_encoder import ResNetEncoder, ZeroPadShortcut
 
 TINY = {"backbone": "resnet10", "backbone_widths": (8, 16, 16, 32), "feature_channels": 8}
 
@@ -14,7 +14,7 @@ def _tiny(spatial_dims: int, **kwargs) -> MultiScaleGuidedAttentionNet:
     return MultiScaleGuidedAttentionNet(spatial_dims, 1, 3, **{**TINY, **kwargs})
 
 
-@pytest.mark.parametrize(("spatial_dims", "size"), [(2, (64, 64)), (2, (48, 80)), (3, (32, 32, 32)), (3, (48, 32, 16))])
+@pytest.mark.parametrize(("spatial_dims", "size"), [(2, (64, 64)), (2, (64, 96)), (3, (32, 32, 32)), (3, (64, 32, 32))])
 def test_eval_returns_logits_at_input_size(spatial_dims, size):
     net = _tiny(spatial_dims).eval()
     with torch.no_grad():
@@ -93,8 +93,8 @@ def test_position_attention_modules_exist_per_step_and_scale():
 
 def test_bad_input_size_and_channels_are_explained():
     net = _tiny(3)
-    with pytest.raises(ValueError, match=r"axis 1 has size 40, which is not a multiple of 16"):
-        net(torch.randn(1, 1, 32, 40, 32))
+    with pytest.raises(ValueError, match=r"axis 1 has size 48, which is not a multiple of 32.*pad it to 64"):
+        net(torch.randn(1, 1, 32, 48, 32))
     with pytest.raises(ValueError, match=r"expected 1 input channel\(s\) but the input has 3"):
         net(torch.randn(1, 3, 32, 32, 32))
     with pytest.raises(ValueError, match="unknown backbone depth 'resnet11'"):
@@ -121,3 +121,110 @@ def test_pretrained_backbone_errors_name_the_file(tmp_path):
     torch.save(ResNetEncoder(3, 1, "resnet10").resnet.state_dict(), other)  # default widths: shapes differ
     with pytest.raises(ValueError, match=r"other\.pt: does not match the backbone: .* of another shape"):
         _tiny(3, pretrained_backbone=str(other))
+
+
+def test_required_input_multiple_is_the_backbone_stride():
+    assert MultiScaleGuidedAttentionNet.required_input_multiple(3, backbone="resnet18") == [32, 32, 32]
+    assert _tiny(2).multiples == MultiScaleGuidedAttentionNet.required_input_multiple(2) == [32, 32]
+
+
+def test_training_refuses_a_single_voxel_deepest_stage_with_a_clear_error():
+    net = _tiny(3).train()
+    with pytest.raises(ValueError, match=r"leaves one voxel in the backbone's deepest stage"):
+        net(torch.randn(1, 1, 32, 32, 32))
+    assert set(net(torch.randn(1, 1, 64, 32, 32))) >= {"logits"}  # 2 voxels deep: BatchNorm works
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)  # eval uses running stats
+
+
+def test_attention_map_names_follow_forward_with_attention():
+    net = _tiny(2, num_steps=3).eval()
+    names = net.attention_map_names()
+    assert names[:5] == ["step1_scale1", "step1_scale2", "step1_scale3", "step1_scale4", "step2_scale1"]
+    assert names[-1] == "step3_scale4"
+    with torch.no_grad():
+        _, maps = net.forward_with_attention(torch.randn(1, 1, 32, 32))
+    assert len(maps) == len(names)
+    assert torch.jit.script(net).attention_map_names() == names
+
+
+def _medicalnet_state_dict(depth: str) -> dict[str, torch.Tensor]:
+    """Random weights in MedicalNet's checkpoint layout, written from its architecture (not from our modules):
+    ``module.`` prefixed keys, 7^3 stride-2 stem from 1 channel, BasicBlocks, shortcut A (no downsample keys)
+    for resnet18/34, B (1x1 conv + BN, no bias) for resnet10, no ``num_batches_tracked``."""
+    blocks = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}[depth]
+    shortcut_b = depth == "resnet10"
+    state: dict[str, torch.Tensor] = {}
+
+    def bn(prefix: str, c: int) -> None:
+        state.update({f"{prefix}.weight": torch.rand(c) * 0.5 + 0.25, f"{prefix}.bias": torch.randn(c) * 0.1})
+        state.update({f"{prefix}.running_mean": torch.randn(c) * 0.1, f"{prefix}.running_var": torch.rand(c) + 0.5})
+
+    def conv(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape) * (2 / (shape[1] * shape[2] ** 3)) ** 0.5
+
+    state["conv1.weight"] = conv(64, 1, 7, 7, 7)
+    bn("bn1", 64)
+    cin = 64
+    for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks, strict=True)):
+        for b in range(count):
+            prefix = f"layer{stage + 1}.{b}"
+            state[f"{prefix}.conv1.weight"] = conv(planes, cin, 3, 3, 3)
+            bn(f"{prefix}.bn1", planes)
+            state[f"{prefix}.conv2.weight"] = conv(planes, planes, 3, 3, 3)
+            bn(f"{prefix}.bn2", planes)
+            if b == 0 and stage > 0 and shortcut_b:
+                state[f"{prefix}.downsample.0.weight"] = conv(planes, cin, 1, 1, 1)
+                bn(f"{prefix}.downsample.1", planes)
+            cin = planes
+    return {f"module.{k}": v for k, v in state.items()}
+
+
+@pytest.mark.parametrize(
+    ("depth", "shortcut"),
+    [("resnet10", "B"), ("resnet18", "A"), pytest.param("resnet34", "A", marks=pytest.mark.slow)],
+)
+def test_medicalnet_weights_load(tmp_path, depth, shortcut):
+    state = _medicalnet_state_dict(depth)
+    path = tmp_path / f"{depth}_23dataset.pth"
+    torch.save({"state_dict": state}, path)
+    net = MultiScaleGuidedAttentionNet(
+        3, 1, 2, backbone=depth, feature_channels=8, shortcut_type=shortcut, pretrained_backbone=str(path)
+    )
+    own = net.encoder.resnet.state_dict()
+    assert {k for k in own if not k.endswith("num_batches_tracked")} == {k.removeprefix("module.") for k in state}
+    for key, value in state.items():
+        assert torch.equal(own[key.removeprefix("module.")], value), key
+    assert any(isinstance(m, ZeroPadShortcut) for m in net.modules()) == (shortcut == "A")
+
+
+def test_shortcut_a_network_scripts_and_matches_eager():
+    net = _tiny(3, backbone="resnet18", shortcut_type="A").eval()
+    assert sum(isinstance(m, ZeroPadShortcut) for m in net.modules()) == 3  # the first blocks of stride-2 stages 2-4
+    for m in net.modules():
+        if hasattr(m, "gamma"):
+            torch.nn.init.constant_(m.gamma, 0.3)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-5)
+
+
+def test_zero_pad_shortcut_is_monai_shortcut_a_with_gradients():
+    from monai.networks.nets.resnet import ResNet
+
+    x = torch.randn(2, 8, 6, 6, 6, requires_grad=True)
+    expected = ResNet._downsample_basic_block(None, x, planes=16, stride=2, spatial_dims=3)
+    out = ZeroPadShortcut(3, planes=16, stride=2)(x)
+    assert torch.equal(out, expected)
+    assert torch.equal(out[:, :8], x[:, :, ::2, ::2, ::2]) and not torch.any(out[:, 8:])
+    out.sum().backward()
+    assert x.grad is not None and float(x.grad.sum()) == 2 * 8 * 27  # the identity part carries gradients
+
+
+def test_resnext_backbone_and_bad_shortcut():
+    net = _tiny(3, backbone="resnext50_32x4d", backbone_widths=(16, 16, 32, 32))
+    assert net.encoder.out_channels == [64, 64, 128, 128]
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+    with pytest.raises(ValueError, match="shortcut_type must be 'A', 'B' or None"):
+        _tiny(3, shortcut_type="C")

@@ -1,6 +1,6 @@
 """Reusable building blocks of the medattn3d networks."""
 
-from medattn3d.networks.blocks.attention_gate import GridAttentionGate, MultiHeadGridAttention
+from medattn3d.networks.blocks.attention_gate import GridAttentionGate, IdentityGate, MultiHeadGridAttention
 from medattn3d.networks.blocks.conv import DoubleConv
 from medattn3d.networks.blocks.dual_attention import AttentionBranch, ChannelAttention, PositionAttention
 from medattn3d.networks.blocks.guided_attention import (
@@ -16,6 +16,7 @@ __all__ = [
     "GridAttentionGate",
     "GuidedAttentionModule",
     "GuidedRefinementStep",
+    "IdentityGate",
     "MultiHeadGridAttention",
     "PositionAttention",
     "SemanticEncoderDecoder",

@@ -71,7 +71,8 @@ class GridAttentionGate(nn.Module):
 class MultiHeadGridAttention(nn.Module):
     """Several grid gates in parallel on the same ``(x, g)``, their outputs merged by a 1x1 conv-norm-act.
 
-    The authors' CT model (``MultiAttentionBlock``) uses two heads; with one head the gate's output is used as is.
+    The authors' CT model (``MultiAttentionBlock``) uses two heads; their single-gate model keeps the same 1x1
+    conv-norm-act after its one gate, and so does this block with ``heads=1``.
 
     Forward returns ``(gated_x, alphas)`` with ``alphas`` of shape ``(B, heads, *x.shape[2:])``.
     """
@@ -94,11 +95,7 @@ class MultiHeadGridAttention(nn.Module):
             GridAttentionGate(spatial_dims, in_channels, gating_channels, inter_channels, sub_sample_factor, norm)
             for _ in range(heads)
         )
-        self.combine: nn.Module = (
-            Convolution(spatial_dims, in_channels * heads, in_channels, kernel_size=1, norm=norm, act=act)
-            if heads > 1
-            else nn.Identity()
-        )
+        self.combine = Convolution(spatial_dims, in_channels * heads, in_channels, kernel_size=1, norm=norm, act=act)
         self.heads = heads
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,5 +105,15 @@ class MultiHeadGridAttention(nn.Module):
             y, alpha = gate(x, g)
             outputs.append(y)
             alphas.append(alpha)
-        merged = self.combine(torch.cat(outputs, dim=1)) if self.heads > 1 else outputs[0]
+        merged = self.combine(torch.cat(outputs, dim=1) if self.heads > 1 else outputs[0])
         return merged, torch.cat(alphas, dim=1)
+
+
+class IdentityGate(nn.Module):
+    """Stand-in for a gate that lets the skip through unchanged: ``(x, no coefficients)`` (an empty channel slice).
+
+    ``AttentionUNet(attention_gates=False)`` puts it where the gates would be, so the network is otherwise the same.
+    """
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x[:, :0]

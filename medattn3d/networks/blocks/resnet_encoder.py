@@ -1,34 +1,121 @@
-"""MONAI ResNet as a 4-stage feature encoder, with optional weights from a local file (never a download)."""
+"""MONAI ResNet (or a ResNeXt built on it) as a 4-stage feature encoder, with optional weights from a local file
+(never a download)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
+from monai.networks.layers.factories import Conv, Pool
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck, get_inplanes, resnet_params
 from torch import nn
 
 RESNET_DEPTHS = tuple(resnet_params)  # resnet10 ... resnet200
 
 
+class ResNeXtBottleneck(nn.Module):
+    """ResNeXt bottleneck (Xie et al. 2017, torchvision's layout): 1x1 conv to ``width``, grouped 3x3 conv (stride
+    here), 1x1 conv to ``planes * 4``, each with a norm, ReLU after the residual sum.
+
+    ``width = planes * width_per_group / 64 * groups``; subclasses fix ``groups`` and ``width_per_group`` so MONAI's
+    ``ResNet`` can build stages from the class (it calls ``block(in_planes, planes, spatial_dims, stride,
+    downsample, norm)``).
+    """
+
+    expansion = 4
+    groups = 32
+    width_per_group = 4
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        spatial_dims: int = 3,
+        stride: int = 1,
+        downsample: nn.Module | partial | None = None,
+        act: str | tuple = ("relu", {"inplace": True}),
+        norm: str | tuple = "batch",
+    ) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        width = planes * self.width_per_group // 64 * self.groups
+        self.conv1 = conv(in_planes, width, kernel_size=1, bias=False)
+        self.bn1 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=width)
+        self.conv2 = conv(width, width, kernel_size=3, stride=stride, padding=1, groups=self.groups, bias=False)
+        self.bn2 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=width)
+        self.conv3 = conv(width, planes * self.expansion, kernel_size=1, bias=False)
+        self.bn3 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes * self.expansion)
+        self.act = get_act_layer(name=act)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.act(out + residual)
+
+
+class ResNeXt32x4dBottleneck(ResNeXtBottleneck):
+    """ResNeXt bottleneck with 32 groups of width 4 (ResNeXt-50 32x4d)."""
+
+    groups = 32
+    width_per_group = 4
+
+
+class ResNeXt32x8dBottleneck(ResNeXtBottleneck):
+    """ResNeXt bottleneck with 32 groups of width 8 (ResNeXt-101 32x8d, Sinha & Dolz's backbone)."""
+
+    groups = 32
+    width_per_group = 8
+
+
+# name: (block class, blocks per stage); shortcuts are type B (1x1 conv + norm, no bias) as in torchvision
+RESNEXT_PARAMS: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnext50_32x4d": (ResNeXt32x4dBottleneck, [3, 4, 6, 3]),
+    "resnext101_32x8d": (ResNeXt32x8dBottleneck, [3, 4, 23, 3]),
+}
+BACKBONES = RESNET_DEPTHS + tuple(RESNEXT_PARAMS)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Type "A" shortcut (MedicalNet's resnet18/34): subsample by ``stride`` and append zero channels up to
+    ``planes``. Parameter-free, so state-dict keys are those of MONAI's ``functools.partial`` version; unlike that one
+    it is TorchScript-scriptable and lets gradients through (MedicalNet's ``out.data`` cut them off).
+    """
+
+    def __init__(self, spatial_dims: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.planes = planes
+        self.subsample = Pool[Pool.AVG, spatial_dims](kernel_size=1, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.subsample(x)
+        shape = list(out.shape)
+        shape[1] = self.planes - shape[1]
+        return torch.cat([out, out.new_zeros(shape)], dim=1)
+
+
 class ResNetEncoder(nn.Module):
     """Feature maps of a MONAI ``ResNet``'s four stages (strides 4, 8, 16, 32 of the input).
 
     Built like ``monai.networks.nets.ResNetFeatures`` (same block/layer/shortcut settings per depth, stride-2
-    stem), so MedicalNet-style state dicts load; unlike it, widths and norm are configurable and pretrained
-    weights come only from a local file.
+    stem), so MedicalNet-style state dicts load; unlike it, widths and norm are configurable, ResNeXt depths are
+    offered, type "A" shortcuts are scriptable and pretrained weights come only from a local file.
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: input channels.
         depth: one of ``resnet10``, ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``resnet152``,
-            ``resnet200``.
+            ``resnet200`` (MONAI's ResNets), ``resnext50_32x4d``, ``resnext101_32x8d``.
         widths: the four stages' block widths (default 64, 128, 256, 512; bottleneck blocks output 4x these).
         norm: MONAI norm spec.
-        shortcut_type: ``"B"`` (1x1 conv shortcuts, TorchScript-scriptable) or ``"A"`` (parameter-free padded
-            shortcuts of MedicalNet's resnet18/34; MONAI builds those with ``functools.partial``, which only
-            tracing can export). ``None`` takes MONAI's per-depth choice.
+        shortcut_type: ``"B"`` (1x1 conv + norm shortcuts) or ``"A"`` (parameter-free zero-padded shortcuts of
+            MedicalNet's resnet18/34, as :class:`ZeroPadShortcut`). ``None`` takes MONAI's per-depth choice.
+            Both script with TorchScript.
         pretrained_path: optional local checkpoint (a state dict, or a dict holding one under ``state_dict``;
             ``module.`` prefixes from DataParallel are stripped).
     """
@@ -44,9 +131,16 @@ class ResNetEncoder(nn.Module):
         pretrained_path: str | Path | None = None,
     ) -> None:
         super().__init__()
-        if depth not in resnet_params:
-            raise ValueError(f"unknown backbone depth {depth!r}; choose one of {', '.join(RESNET_DEPTHS)}")
-        block, layers, default_shortcut, bias_downsample, _ = resnet_params[depth]
+        if depth not in BACKBONES:
+            raise ValueError(f"unknown backbone depth {depth!r}; choose one of {', '.join(BACKBONES)}")
+        if shortcut_type not in (None, "A", "B"):
+            raise ValueError(f"shortcut_type must be 'A', 'B' or None, got {shortcut_type!r}")
+        block: str | type[nn.Module]
+        if depth in RESNEXT_PARAMS:
+            block, layers = RESNEXT_PARAMS[depth]
+            default_shortcut, bias_downsample = "B", False
+        else:
+            block, layers, default_shortcut, bias_downsample, _ = resnet_params[depth]
         block_widths = list(widths) if widths is not None else get_inplanes()
         if len(block_widths) != 4:
             raise ValueError(f"widths must list 4 stage widths, got {block_widths}")
@@ -62,8 +156,10 @@ class ResNetEncoder(nn.Module):
             bias_downsample=bias_downsample,
             norm=norm,
         )
-        expansion = (ResNetBottleneck if block == "bottleneck" else ResNetBlock).expansion
-        self.out_channels = [w * expansion for w in block_widths]
+        _script_friendly_shortcuts(self.resnet, spatial_dims)
+        if isinstance(block, str):
+            block = ResNetBottleneck if block == "bottleneck" else ResNetBlock
+        self.out_channels = [w * block.expansion for w in block_widths]
         if pretrained_path is not None:
             load_backbone_weights(self.resnet, pretrained_path)
 
@@ -76,8 +172,23 @@ class ResNetEncoder(nn.Module):
         return [f1, f2, f3, r.layer4(f3)]
 
 
+def _script_friendly_shortcuts(resnet: ResNet, spatial_dims: int) -> None:
+    """Replace MONAI's ``functools.partial`` type "A" shortcuts by equivalent :class:`ZeroPadShortcut` modules."""
+    for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        for block in layer:
+            shortcut = getattr(block, "downsample", None)
+            if isinstance(shortcut, partial):
+                block.downsample = ZeroPadShortcut(
+                    spatial_dims, shortcut.keywords["planes"], shortcut.keywords["stride"]
+                )
+
+
 def load_backbone_weights(resnet: nn.Module, path: str | Path) -> None:
-    """Load a local ResNet checkpoint into ``resnet``; raise with the file name and the mismatching keys."""
+    """Load a local ResNet checkpoint into ``resnet``; raise with the file name and the mismatching keys.
+
+    Takes MedicalNet's layout as is: the weights under ``state_dict``, keys prefixed ``module.``, no
+    ``num_batches_tracked`` buffers (those keep their fresh value), no classifier (``fc.*`` keys are ignored).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained backbone weights not found (give a local .pt/.pth file)")
@@ -90,7 +201,7 @@ def load_backbone_weights(resnet: nn.Module, path: str | Path) -> None:
         raise ValueError(f"{path}: expected a state dict (or a dict with 'state_dict'), got {type(checkpoint)}")
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
     own = resnet.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong_shape:
@@ -98,4 +209,4 @@ def load_backbone_weights(resnet: nn.Module, path: str | Path) -> None:
             f"{path}: does not match the backbone: {len(missing)} missing key(s) {missing[:3]}, "
             f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong_shape)} of another shape {wrong_shape[:3]}"
         )
-    resnet.load_state_dict(state)
+    resnet.load_state_dict(state, strict=False)  # exactly the keys checked above, less num_batches_tracked
