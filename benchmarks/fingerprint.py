@@ -7,7 +7,7 @@ to a temporary folder (not the repository). Each configuration runs ``fingerprin
 process; a sampler thread there reads every descendant process's peak resident memory (``VmHWM`` in
 ``/proc/<pid>/status``) ten times a second, so the workers' peaks are measured from outside (they are grandchildren
 under a forkserver, which ``getrusage(RUSAGE_CHILDREN)`` does not see). A worker's peak is compared with the
-resident size of an idle worker (the forkserver after importing the readers; with 1 worker: this process before
+resident size of that worker when first seen, within 0.1 s of its fork (with 1 worker: this process before
 fingerprinting) and with the size of one volume. Imports are done before timing (a planner has made them).
 A last run repeats 2 workers with the cache filled: a re-plan of unchanged data.
 """
@@ -99,6 +99,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.server_rss = 0
         self.worker_peaks: dict[int, int] = {}
+        self.worker_start: dict[int, int] = {}  # first VmRSS seen: within 0.1 s of the fork, before a case is read
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -110,6 +111,7 @@ class Sampler(threading.Thread):
             for pid, (parent, _) in table.items():
                 if parent in servers:
                     self.worker_peaks[pid] = max(self.worker_peaks.get(pid, 0), _status(pid, "VmHWM"))
+                    self.worker_start.setdefault(pid, _status(pid, "VmRSS"))
             time.sleep(0.1)
 
 
@@ -132,8 +134,11 @@ def run_case(case: dict) -> dict:
     sampler.stop.set()
     sampler.join()
     in_process = workers == 1 or not sampler.worker_peaks
-    idle = before if in_process else sampler.server_rss
-    peak = peak_rss_bytes() if in_process else max(sampler.worker_peaks.values())
+    if in_process:
+        idle, peak = before, peak_rss_bytes()
+    else:  # the worker that grew most above its own start
+        worst = max(sampler.worker_peaks, key=lambda pid: sampler.worker_peaks[pid] - sampler.worker_start[pid])
+        idle, peak = sampler.worker_start[worst], sampler.worker_peaks[worst]
     return {
         "workers": workers,
         "cached": bool(case.get("cached")),

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from medattn3d.data.loading import CheckVolumed, load_volume
 from medattn3d.data.transforms import ct_transforms
@@ -101,3 +102,15 @@ def test_dataset_check_lists_every_problem_one_line_each(tmp_path):
     for fragment in expected:
         assert any(fragment in line for line in problems), (fragment, problems)
     assert main([str(path)]) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64, torch.float32])
+def test_label_values_equal_torch_unique(dtype):
+    from medattn3d.data.loading import label_values
+
+    labels = torch.randint(0, 14, (20, 20, 10)).to(dtype)
+    labels[labels == 5] = 0  # a gap
+    assert torch.equal(label_values(labels), torch.unique(labels))
+    if not dtype.is_floating_point and dtype != torch.uint8:
+        labels[0, 0, 0] = -3
+        assert torch.equal(label_values(labels), torch.unique(labels))

@@ -128,3 +128,23 @@ def test_channel_count_must_match_the_plan(tmp_path):
     with pytest.raises(Exception) as info:
         segmentation_transforms("infer", pixdim=None, channels=3)({"image": files})
     assert "where a 3D volume with 3 channel(s) is expected" in find_input_error(info.value).problem
+
+
+@pytest.mark.parametrize("make", [_brain, _prostate], ids=["4d_file", "file_per_channel"])
+def test_prediction_is_written_in_the_input_geometry(tmp_path, make):
+    import torch
+
+    from medattn3d.outputs import write_case
+
+    image, stored = make(tmp_path / "data")
+    channels = 4 if make is _brain else 2
+    pre = segmentation_transforms("infer", pixdim=(1.5, 1.5, 2.0), channels=channels,
+                                  normalization=[{"scheme": "zscore"}] * channels)  # fmt: skip
+    data = pre({"image": image})
+    logits = torch.zeros((3, *data["image"].shape[1:]))
+    logits[1] = data["image"][0]  # class 1 where the first channel is bright: a prediction tied to the anatomy
+    written = write_case(logits, data, pre, tmp_path / "out", "case", class_names=["background", "a", "b"])
+    seg = nib.load(str(next(p for p in written if p.name.endswith(".nii.gz"))))
+    assert seg.shape == stored.shape[:3]
+    np.testing.assert_allclose(seg.affine, stored.affine, atol=1e-5)
+    assert set(np.unique(np.asanyarray(seg.dataobj))) <= {0, 1}
