@@ -10,7 +10,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 
-from medattn3d.networks.blocks import DoubleConv, MultiHeadGridAttention
+from medattn3d.networks.blocks import DoubleConv, IdentityGate, MultiHeadGridAttention
 from medattn3d.networks.utils import check_input, init_weights, linear_mode, resize_to, stride_products
 
 
@@ -81,6 +81,9 @@ class AttentionUNet(nn.Module):
             BatchNorm is cancelled by it, so off by default).
         init: ``"kaiming"`` (Kaiming-normal convs, zero biases) or ``"authors"`` (the authors' scheme: Kaiming-normal
             convs, PyTorch-default biases, BatchNorm weights ~ N(1, 0.02)).
+        attention_gates: ``False`` replaces every gate (and the gating-signal conv) by the identity: the same
+            encoder, decoder and heads with plain skip connections, i.e. the matching U-Net for an attention on/off
+            comparison. Its ``forward_with_attention`` returns no maps.
 
     ``forward_with_attention(x)`` returns ``(logits, attention)`` where ``attention[i]`` holds the gate coefficients
     of gated level ``i + 1`` (finest gated level first), shape ``(B, attention_heads, *level_size)``, in [0, 1];
@@ -107,6 +110,7 @@ class AttentionUNet(nn.Module):
         up_projection: bool = True,
         conv_bias: bool = False,
         init: str = "kaiming",
+        attention_gates: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -127,7 +131,7 @@ class AttentionUNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.multiples = self.required_input_multiple(spatial_dims, strides)
-        self.num_gated_levels = num_coarse
+        self.num_gated_levels = num_coarse if attention_gates else 0
         self.deep_supervision = deep_supervision
         self.deep_supr_num = supr_num if deep_supervision else 0
         self.output_fusion = output_fusion
@@ -146,7 +150,11 @@ class AttentionUNet(nn.Module):
                 )
             )
         self.encoder = nn.ModuleList(encoder)
-        self.gating = Convolution(spatial_dims, channels[-1], channels[-1], kernel_size=1, norm=norm, act=act)
+        self.gating: nn.Module = (
+            Convolution(spatial_dims, channels[-1], channels[-1], kernel_size=1, norm=norm, act=act)
+            if attention_gates
+            else nn.Identity()
+        )
 
         def up_level(i: int) -> UpLevel:
             """Upsampling block into level ``i`` from level ``i + 1``."""
@@ -155,22 +163,22 @@ class AttentionUNet(nn.Module):
             return UpLevel(project, DoubleConv(spatial_dims, channels[i] + coarse, channels[i], **conv_kw), mode)
 
         # gated decoder levels, coarsest first: level i gates skip i with the output of level i + 1
-        self.decoder = nn.ModuleList(
-            GatedUpLevel(
-                MultiHeadGridAttention(
-                    spatial_dims,
-                    channels[i],
-                    channels[i + 1],
-                    inter_channels=channels[i],
-                    sub_sample_factor=strides[i],
-                    heads=attention_heads,
-                    norm=norm,
-                    act=act,
-                ),
-                up_level(i),
+        def gate(i: int) -> nn.Module:
+            """The gate on skip ``i`` (gating signal: level ``i + 1``), or the identity without gates."""
+            if not attention_gates:
+                return IdentityGate()
+            return MultiHeadGridAttention(
+                spatial_dims,
+                channels[i],
+                channels[i + 1],
+                inter_channels=channels[i],
+                sub_sample_factor=strides[i],
+                heads=attention_heads,
+                norm=norm,
+                act=act,
             )
-            for i in range(len(channels) - 2, 0, -1)
-        )
+
+        self.decoder = nn.ModuleList(GatedUpLevel(gate(i), up_level(i)) for i in range(len(channels) - 2, 0, -1))
         self.final_up = up_level(0)
 
         self.head = conv1x1(channels[0], out_channels, kernel_size=1)
@@ -218,7 +226,8 @@ class AttentionUNet(nn.Module):
             coarse, alpha = level(skips[num_levels - 2 - j], gating, coarse)
             gating = coarse
             decoded.insert(0, coarse)
-            alphas.insert(0, alpha)
+            if self.num_gated_levels > 0:
+                alphas.insert(0, alpha)
         finest = self.final_up(skips[0], coarse)
         decoded.insert(0, finest)
         return decoded, alphas

@@ -151,3 +151,43 @@ def test_conv_bias_and_authors_init():
     assert abs(float(norms.mean()) - 1) < 0.01 and 0.015 < float(norms.std()) < 0.025  # N(1, 0.02)
     with pytest.raises(ValueError, match="init must be 'kaiming' or 'authors'"):
         AttentionUNet(3, 1, 2, **SMALL, init="xavier")
+
+
+class _PassThrough(torch.nn.Module):
+    """A gate forced open: the skip unchanged, coefficients 1."""
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, torch.ones_like(x[:, :1])
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_without_gates_it_is_the_gated_network_with_its_gates_replaced_by_the_identity(spatial_dims):
+    kwargs = {"channels": (4, 8, 16, 32), "strides": (2, 2, 2), "deep_supervision": True, "output_fusion": True}
+    gated = AttentionUNet(spatial_dims, 1, 3, **kwargs)
+    plain = AttentionUNet(spatial_dims, 1, 3, **kwargs, attention_gates=False)
+    gated_keys, plain_keys = set(gated.state_dict()), set(plain.state_dict())
+    # same network otherwise: every parameter of the plain one is in the gated one; the rest are the gates'
+    assert plain_keys < gated_keys
+    assert all(".gate." in k or k.startswith("gating.") for k in gated_keys - plain_keys)
+    # copy the shared weights, force the gated network's gates open: the two compute the same function
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    for level in gated.decoder:
+        level.gate = _PassThrough()
+    x = torch.randn(2, 1, *([16] * spatial_dims))
+    with torch.no_grad():
+        assert torch.equal(gated.eval()(x), plain.eval()(x))
+        train_outputs = zip(gated.train()(x), plain.train()(x), strict=True)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in train_outputs)
+
+
+def test_without_gates_every_parameter_trains_and_no_maps_are_returned():
+    net = AttentionUNet(3, 1, 2, **SMALL, attention_gates=False).train()
+    net(torch.randn(2, 1, 16, 16, 16)).square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())  # no unused parameters (DDP needs none)
+    net.eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        logits, maps = scripted.forward_with_attention(x)
+        assert torch.allclose(logits, net(x), atol=1e-6)
+    assert maps == [] and net.attention_map_names() == scripted.attention_map_names() == []
