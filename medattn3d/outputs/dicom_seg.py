@@ -113,12 +113,14 @@ def write_dicom_seg(
     headers: list[pydicom.Dataset] | None = None,
     algorithm: str = "medattn3d",
     workers: int = 0,
+    segmentation_type: str = "BINARY",
 ) -> Path:
     """Write ``labels`` (X, Y, Z, in the series' geometry) as a DICOM SEG referencing the series in ``source``.
 
     ``source`` must be a DICOM series folder; anything else is refused with an ``InputError`` naming it.
     ``headers`` (the series' sorted slice headers) may be passed when already read; ``workers`` > 0 encodes
-    frames in that many threads (highdicom's option).
+    frames in that many threads (highdicom's option). ``segmentation_type`` "BINARY" (default: what PACS and viewers
+    read) or "LABELMAP" (DICOM 2024: one frame per slice for all segments, fewer readers yet).
     """
     source = Path(source)
     if not source.is_dir():
@@ -133,7 +135,7 @@ def write_dicom_seg(
     segmentation = hd.seg.Segmentation(
         source_images=headers,
         pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=hd.seg.SegmentationTypeValues(segmentation_type),
         segment_descriptions=segment_descriptions(entries, algorithm, medattn3d.__version__),
         series_instance_uid=hd.UID(),
         series_number=SEG_SERIES_NUMBER,
