@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,11 @@ def _entry_problem(path: Path, section: str, entry: Any) -> tuple[dict[str, Any]
     return record, None
 
 
-def check_dataset(datalist_path: str | Path, root: str | Path | None = None) -> list[str]:
+def check_dataset(datalist_path: str | Path, root: str | Path | None = None, workers: int = 1) -> list[str]:
     """Every problem found in the datalist at ``datalist_path`` and its files, as ``"<file>: <problem>"`` lines
     (empty when the dataset is usable). ``root`` (default: the datalist's folder) is what its paths are relative to.
+    ``workers`` > 1 reads the cases in that many processes when there is enough data (:mod:`medattn3d.data.workers`);
+    the lines come in the datalist's order either way.
     """
     path = Path(datalist_path)
     try:
@@ -66,7 +69,7 @@ def check_dataset(datalist_path: str | Path, root: str | Path | None = None) -> 
     channels = len(manifest["modality"]) if isinstance(manifest["modality"], (dict, list)) else 1
     classes = len(manifest["labels"]) if isinstance(manifest["labels"], dict) else None
     checker = CheckVolumed(num_classes=classes, channels=max(channels, 1))
-    listed, seen = 0, {}
+    listed, seen, records = 0, {}, []
     for section in SECTIONS:
         entries = manifest.get(section) or []
         if not isinstance(entries, list):
@@ -83,10 +86,29 @@ def check_dataset(datalist_path: str | Path, root: str | Path | None = None) -> 
             if section != "test" and key in seen:
                 problems.append(f"{path}: {record['image']} is listed twice ('{seen[key]}' and '{section}')")
             seen.setdefault(key, section)
-            problems += _file_problems(record, base, checker)
+            records.append(record)
     if listed == 0:
         problems.append(f"{path}: lists no cases in {', '.join(SECTIONS)}")
-    return problems
+    return problems + _all_file_problems(records, base, checker, workers)
+
+
+def _all_file_problems(records: list[dict[str, Any]], base: Path, checker: CheckVolumed, workers: int) -> list[str]:
+    """:func:`_file_problems` for every record, in a process pool when that pays for itself; in order."""
+    from medattn3d.data import workers as pools
+
+    def files(record: dict[str, Any]) -> list[Path]:
+        return [base / p for key in ("image", "label") for p in _as_list(record.get(key))]
+
+    if not pools.use_workers(workers, len(records), pools.bytes_on_disk(f for r in records for f in files(r))):
+        return [line for record in records for line in _file_problems(record, base, checker)]
+    context = pools.worker_context(["medattn3d.data.check"])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        results = pool.map(_file_problems, records, [base] * len(records), [checker] * len(records))
+        return [line for lines in results for line in lines]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
 
 
 def _file_problems(record: dict[str, Any], base: Path, checker: CheckVolumed) -> list[str]:
@@ -120,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medattn3d.data.check", description=__doc__)
     parser.add_argument("manifest", help="the datalist: MSD's dataset.json or a manifest")
     parser.add_argument("--root", help="data root the datalist's paths are relative to (default: its folder)")
+    parser.add_argument("--workers", type=int, default=2, help="processes reading the cases (default 2)")
     args = parser.parse_args(argv)
-    problems = check_dataset(args.manifest, args.root)
+    problems = check_dataset(args.manifest, args.root, args.workers)
     for line in problems:
         print(line)
     if problems:

@@ -10,17 +10,17 @@ get exact percentiles).
 
 Why not MONAI's ``monai.apps.auto3dseg.DataAnalyzer``: it needs ``pyyaml`` (not a dependency here), computes much
 more than planning uses (histograms, per-label shapes, connected components), averages per-case percentiles instead
-of pooling voxels, runs on CPU in one process (its parallelism is per GPU), casts whole images to float32, silently
-resizes labels that differ by up to 5 voxels from their image, logs and skips a case that fails instead of naming
-it, and keeps no cache. What we reuse from MONAI is the reading (``medattn3d.data.loading.load_volume``, i.e.
-``LoadImage`` with our checks) and nibabel's orientation code that ``Orientationd`` itself uses, so shape and
-spacing here are exactly what the transforms produce; the arrays are never reoriented, as counts and
-intensity statistics do not depend on axis order.
+of pooling voxels, computes its CPU statistics in one process (DataLoader workers only load), casts whole images to
+float32, silently resizes labels that differ by up to 5 voxels from their image, logs and skips a case that fails
+instead of naming it, and keeps no cache. What we reuse is the readers (nibabel for NIfTI, with the affine MONAI's
+``NibabelReader`` uses but without its reordering copy; ``medattn3d.data.loading.load_volume`` for NRRD, MHA and
+DICOM) and nibabel's orientation code that ``Orientationd`` itself uses, so shape and spacing here are exactly what
+the transforms produce; the arrays are never reoriented, as counts and intensity statistics do not depend on axis
+order.
 
-Parallel: ``workers`` processes from a forkserver (spawn where there is none; never a fork of a process that may
-hold torch threads), each holding one case at a time (the image in its stored dtype, and the label); ``workers=1``
-runs in this process. The cache is a JSON file keyed by each file's path, size and modification time: a re-plan
-with unchanged files reads no image.
+Parallel: ``workers`` processes (:mod:`medattn3d.data.workers`: forkserver, or spawn), each holding one case at a
+time (the image in its stored dtype, and the label); ``workers=1`` runs in this process. The cache is a JSON file
+keyed by each file's path, size and modification time: a re-plan with unchanged files reads no image.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import multiprocessing
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -43,9 +42,6 @@ from medattn3d.errors import InputError
 FINGERPRINT_VERSION = 1
 SAMPLES_PER_CASE = 10_000
 SAMPLE_SEED = 1234
-# Worker processes take seconds to start (they import torch and MONAI's readers): below this much data to read
-# (files' sizes on disk), one process is faster.
-MIN_BYTES_FOR_WORKERS = 64 * 2**20
 _CACHE_FORMAT = 1
 
 
@@ -228,16 +224,6 @@ def _worker(
         return index, None, (str(_paths(case["image"])[0]), f"cannot be fingerprinted ({type(err).__name__}: {err})")
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """Forkserver where the platform has it (a clean server process imports the readers once, then forks each
-    worker from it and is reused by later pools), spawn elsewhere; never a fork of this possibly threaded process."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["medattn3d.data.loading", "medattn3d.planning.fingerprint"])
-    return context
-
-
 def pool_intensities(per_case: Iterable[list[dict[str, Any]]]) -> list[dict[str, float | None]]:
     """Per-channel foreground statistics pooled over cases: exact count/mean/std/min/max, sampled percentiles."""
     per_case = list(per_case)
@@ -305,11 +291,13 @@ def fingerprint_dataset(
     "intensities": [one dict per channel: mean, std, median, min, max, percentile_00_5, percentile_99_5]}`` (shape
     and spacing after reorientation to RAS; ``class_voxels`` lists the label values present). Cases whose files are
     unchanged since ``cache_file`` was written are not read; the cache is rewritten with exactly these cases.
-    ``workers`` processes read the others (1, or less than :data:`MIN_BYTES_FOR_WORKERS` to read: in this process);
-    ``progress`` shows a bar on stderr.
+    ``workers`` processes read the others (1, or too little data to pay for starting them: in this process, see
+    :mod:`medattn3d.data.workers`); ``progress`` shows a bar on stderr.
     Raises ``InputError`` naming the file on the first unreadable or inconsistent case.
     """
     from tqdm import tqdm
+
+    from medattn3d.data import workers as pools
 
     if not cases:
         raise ValueError("no cases to fingerprint")
@@ -320,15 +308,15 @@ def fingerprint_dataset(
     cached = _read_cache(cache_file)
     results: list[dict[str, Any] | None] = [cached.get(key) for key in keys]
     todo = [i for i, r in enumerate(results) if r is None]
-    to_read = sum(size for i in todo for _, size, _ in json.loads(keys[i]))
+    parallel = pools.use_workers(workers, len(todo), sum(size for i in todo for _, size, _ in json.loads(keys[i])))
     with tqdm(total=len(cases), desc="fingerprint", unit="case", file=sys.stderr, disable=not progress) as bar:
         bar.update(len(cases) - len(todo))
-        if workers <= 1 or len(todo) <= 1 or to_read < MIN_BYTES_FOR_WORKERS:
+        if not parallel:
             for i in todo:
                 results[i] = fingerprint_case(cases[i], SAMPLES_PER_CASE)
                 bar.update(1)
         else:
-            context = _worker_context()
+            context = pools.worker_context(["medattn3d.planning.fingerprint"])
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
                 futures = [pool.submit(_worker, i, cases[i], SAMPLES_PER_CASE) for i in todo]
                 for future in as_completed(futures):

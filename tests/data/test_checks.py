@@ -114,3 +114,16 @@ def test_label_values_equal_torch_unique(dtype):
     if not dtype.is_floating_point and dtype != torch.uint8:
         labels[0, 0, 0] = -3
         assert torch.equal(label_values(labels), torch.unique(labels))
+
+
+def test_dataset_check_in_worker_processes_gives_the_same_lines(tmp_path, monkeypatch):
+    from medattn3d.data import workers as pools
+    from medattn3d.data.check import check_dataset
+    from tests.planning.datasets import write_broken
+
+    path, fragment = write_broken("prostate_two_files", tmp_path)
+    (tmp_path / "labelsTr" / "prostate_00.nii.gz").unlink()
+    serial = check_dataset(path)
+    monkeypatch.setattr(pools, "MIN_BYTES_FOR_WORKERS", 0)
+    assert check_dataset(path, workers=2) == serial
+    assert len(serial) == 2 and "prostate_00.nii.gz: file not found" in serial[0] and fragment in serial[1]

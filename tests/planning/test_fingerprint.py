@@ -11,6 +11,7 @@ import pytest
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
 from medattn3d.data import loading
+from medattn3d.data import workers as pools
 from medattn3d.data.manifest import load_datalist
 from medattn3d.errors import InputError
 from medattn3d.planning import fingerprint
@@ -157,10 +158,10 @@ def test_progress_bar_goes_to_stderr(tmp_path, capsys):
 
 
 def test_worker_processes_give_the_same_fingerprint_and_name_a_bad_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(fingerprint, "MIN_BYTES_FOR_WORKERS", 0)  # tiny files: workers only when told
+    monkeypatch.setattr(pools, "MIN_BYTES_FOR_WORKERS", 0)  # tiny files: workers only when told
     started = []
-    original = fingerprint._worker_context
-    monkeypatch.setattr(fingerprint, "_worker_context", lambda: started.append(1) or original())
+    original = pools.worker_context
+    monkeypatch.setattr(pools, "worker_context", lambda preload: started.append(1) or original(preload))
     cases = load_datalist(datasets.write_prostate_two_files(tmp_path), "training", fold=None)
     serial = fingerprint_dataset(cases, None, workers=1, progress=False)
     assert fingerprint_dataset(cases, None, workers=2, progress=False) == serial
