@@ -189,3 +189,14 @@ def test_cases_with_different_channel_counts_are_refused(tmp_path):
     cases = load_datalist(path, "training", fold=None)
     with pytest.raises(InputError, match=r"BRATS_003.nii.gz: has 3 channel\(s\) where .*BRATS_001.nii.gz has 4"):
         fingerprint_dataset(cases, None, workers=1, progress=False)
+
+
+def test_a_case_without_foreground_adds_nothing_to_the_intensities(tmp_path):
+    cases = load_datalist(datasets.write_spleen_ct(tmp_path), "training", fold=None)
+    empty = nib.load(cases[0]["label"])
+    nib.save(nib.Nifti1Image(np.zeros(empty.shape, np.uint8), empty.affine), cases[0]["label"])
+    result = fingerprint_dataset(cases, tmp_path / "cache.json", workers=1, progress=False)
+    assert result["cases"][0]["class_voxels"] == {"0": int(np.prod(empty.shape))}
+    assert result["intensities"][0] == pytest.approx(_expected_intensities(cases[1:])[0], rel=1e-9)
+    only_empty = fingerprint_dataset(cases[:1], None, workers=1, progress=False)
+    assert set(only_empty["intensities"][0].values()) == {None}
