@@ -141,7 +141,9 @@ def train_config(template: Template, values: Mapping[str, Any], source: DataSour
         "imports": TRAIN_IMPORTS + RUNTIME_IMPORTS + ["$import medattn3d.training.report"],
         **common_facts(template, values, source),
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
-        "metadata_file": "$os.path.join(@bundle_root, 'configs', 'metadata.json')",
+        # training records the best Dice in metadata.json's eval_metrics; the shipped (demo) bundles keep their
+        # committed metadata untouched (a source checkout trains them in place) and record it in models/ only
+        "metadata_file": None if source.demo else "$os.path.join(@bundle_root, 'configs', 'metadata.json')",
         "resume": True,
         "seed": 0,
         "num_samples": values["num_samples"],
