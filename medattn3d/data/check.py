@@ -125,10 +125,7 @@ def _file_problems(record: dict[str, Any], base: Path, checker: CheckVolumed) ->
         except InputError as err:
             problems.append(str(err))
     if not problems:
-        try:
-            checker(loaded)
-        except InputError as err:
-            problems.append(str(err))
+        problems += [str(err) for err in checker.problems(loaded)]
     return problems
 
 

@@ -213,63 +213,86 @@ class CheckVolumed(MapTransform):
         self.channels, self.num_classes = channels, num_classes
         self.spatial_dims, self.min_size, self.affine_tolerance = spatial_dims, min_size, affine_tolerance
 
-    def _check_image(self, image: Any) -> None:
+    def image_problems(self, image: Any) -> list[InputError]:
+        """Everything wrong with ``image`` (rank and channels, size, non-finite values), each naming its file."""
         path, shape, dims = source_path(image), tuple(image.shape), self.spatial_dims
+        found = []
         if len(shape) < dims:
-            raise InputError(path, f"is {len(shape)}D (shape {shape}) where a {dims}D volume is expected")
+            return [InputError(path, f"is {len(shape)}D (shape {shape}) where a {dims}D volume is expected")]
         if len(shape) > dims + 1 or (len(shape) == dims + 1 and shape[-1] != self.channels):
-            raise InputError(
-                path,
-                f"is {len(shape)}D (shape {shape}) where a {dims}D volume with {self.channels} channel(s) is "
-                "expected (a time series or a multi-channel image?)",
+            found.append(
+                InputError(
+                    path,
+                    f"is {len(shape)}D (shape {shape}) where a {dims}D volume with {self.channels} channel(s) is "
+                    "expected (a time series or a multi-channel image?)",
+                )
             )
         if len(shape) == dims and self.channels != 1:
-            raise InputError(path, f"has 1 channel (shape {shape}) where {self.channels} are expected")
+            found.append(InputError(path, f"has 1 channel (shape {shape}) where {self.channels} are expected"))
         small = [i for i, s in enumerate(shape[:dims]) if s < self.min_size]
         if small:
-            raise InputError(
-                path,
-                f"is too small: shape {shape[:dims]} has axis {small[0]} below the minimum of {self.min_size} voxels",
+            found.append(
+                InputError(
+                    path,
+                    f"is too small: shape {shape[:dims]} has axis {small[0]} below the minimum of {self.min_size} "
+                    "voxels",
+                )
             )
         values = torch.as_tensor(image)
         bad = int((~torch.isfinite(values)).sum()) if values.is_floating_point() else 0
         if bad:
-            raise InputError(path, f"contains {bad} non-finite (NaN or Inf) intensities")
+            found.append(InputError(path, f"contains {bad} non-finite (NaN or Inf) intensities"))
+        return found
 
-    def _check_label(self, label: Any, image: Any) -> None:
+    def label_problems(self, label: Any, image: Any) -> list[InputError]:
+        """Everything wrong with ``label`` against ``image``: shape, affine, non-integer or out-of-range values."""
         path = source_path(label)
+        found = []
         image_shape = _spatial_shape(image, self.spatial_dims)
         label_shape = tuple(int(s) for s in label.shape)
         if label_shape != image_shape and label_shape != (*image_shape, 1):
-            raise InputError(
-                path, f"label shape {label_shape} differs from its image's {image_shape} ({source_path(image)})"
+            found.append(
+                InputError(
+                    path, f"label shape {label_shape} differs from its image's {image_shape} ({source_path(image)})"
+                )
             )
         image_affine, label_affine = getattr(image, "affine", None), getattr(label, "affine", None)
         if image_affine is not None and label_affine is not None:
             diff = float(np.abs(np.asarray(image_affine) - np.asarray(label_affine)).max())
             if diff > self.affine_tolerance:
-                raise InputError(
-                    path,
-                    f"label affine differs from its image's ({source_path(image)}) by up to {diff:.3g} mm: "
-                    "they do not lie in the same space",
+                found.append(
+                    InputError(
+                        path,
+                        f"label affine differs from its image's ({source_path(image)}) by up to {diff:.3g} mm: "
+                        "they do not lie in the same space",
+                    )
                 )
         values = label_values(label)
         if values.is_floating_point() and not torch.equal(values, torch.round(values)):
-            raise InputError(
-                path, f"label holds non-integer values, e.g. {float(values[values != torch.round(values)][0])}"
-            )
-        if self.num_classes is not None:
+            example = float(values[values != torch.round(values)][0])
+            found.append(InputError(path, f"label holds non-integer values, e.g. {example}"))
+        elif self.num_classes is not None:
             outside = [int(v) for v in values if v < 0 or v >= self.num_classes]
             if outside:
-                raise InputError(
-                    path,
-                    f"label values {outside[:10]} lie outside the {self.num_classes} classes 0..{self.num_classes - 1}",
+                found.append(
+                    InputError(
+                        path,
+                        f"label values {outside[:10]} lie outside the {self.num_classes} classes "
+                        f"0..{self.num_classes - 1}",
+                    )
                 )
+        return found
+
+    def problems(self, data: Mapping[Hashable, Any]) -> list[InputError]:
+        """Every problem with the image and (if present) its label, in that order; empty when both are usable."""
+        image = data[self.image_key]
+        found = self.image_problems(image)
+        if self.label_key and self.label_key in data and len(tuple(image.shape)) >= self.spatial_dims:
+            found += self.label_problems(data[self.label_key], image)
+        return found
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        image = d[self.image_key]
-        self._check_image(image)
-        if self.label_key and self.label_key in d:
-            self._check_label(d[self.label_key], image)
-        return d
+        found = self.problems(data)
+        if found:
+            raise found[0]
+        return dict(data)

@@ -127,3 +127,17 @@ def test_dataset_check_in_worker_processes_gives_the_same_lines(tmp_path, monkey
     monkeypatch.setattr(pools, "MIN_BYTES_FOR_WORKERS", 0)
     assert check_dataset(path, workers=2) == serial
     assert len(serial) == 2 and "prostate_00.nii.gz: file not found" in serial[0] and fragment in serial[1]
+
+
+def test_every_problem_of_one_case_is_reported(tmp_path):
+    image = np.zeros((16, 16, 8), np.float32)
+    image[0, 0, 0] = np.nan
+    shifted = np.eye(4)
+    shifted[1, 3] = 3.0
+    data = _pair(tmp_path, image, np.full((16, 16, 8), 7, np.uint8), label_affine=shifted)
+    problems = [str(p) for p in CheckVolumed(num_classes=3, channels=2).problems(data)]
+    assert len(problems) == 4, problems
+    assert "has 1 channel" in problems[0] and "contains 1 non-finite" in problems[1]
+    assert "label affine differs" in problems[2] and "label values [7] lie outside the 3 classes" in problems[3]
+    with pytest.raises(InputError, match="has 1 channel"):  # the transform stops at the first
+        CheckVolumed(num_classes=3, channels=2)(data)
