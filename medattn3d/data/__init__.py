@@ -1,5 +1,6 @@
 """Data: checked loading, transform presets, normalisation, datalists (MSD / manifests, folds) and the demo dataset."""
 
+from medattn3d.data.check import check_dataset
 from medattn3d.data.demo import generate_demo_dataset
 from medattn3d.data.loading import VOLUME_SUFFIXES, CheckVolumed, LoadVolumed, load_volume
 from medattn3d.data.manifest import FoldSplit, build_manifest, load_datalist, read_manifest, split_datalist
@@ -15,6 +16,7 @@ __all__ = [
     "LoadVolumed",
     "NormalizeChannelsd",
     "build_manifest",
+    "check_dataset",
     "ct_transforms",
     "generate_demo_dataset",
     "load_datalist",

@@ -1,11 +1,16 @@
-"""Embedded demo dataset: deterministic synthetic abdominal CT with liver, spleen and kidney labels.
+"""Embedded demo dataset: deterministic synthetic abdominal CT with liver, spleen, kidney, pancreas and liver-lesion
+labels.
 
 Each case is a body cross-section (air outside, a fat layer, a muscle wall, soft-tissue interior) with a spine, an
-aorta and a stomach as unlabelled distractors, and three labelled organs whose position, size, orientation, outline
-and texture vary randomly. Intensities overlap on purpose (liver ~60 HU, spleen ~50 HU, muscle ~50 HU; kidneys
-~150 HU with a darker core, aorta ~170 HU, contrast-filled bowel loops 120-170 HU), so a threshold cannot segment
-them: shape and position must be learnt. The image is blurred
-(partial volume) and noisy, on an anisotropic grid (2.5 x 2.5 x 4 mm by default).
+aorta and a stomach as unlabelled distractors, and three large labelled organs whose position, size, orientation,
+outline and texture vary randomly. Two small, variable targets make it a task where attention can matter (Oktay et
+al. 2018 motivate attention gates with the pancreas): a pancreas (a thin, curved, lobulated tube from a thicker head
+by the liver to a tail at the spleen, in a rim of fat, with the splenic vein along its back; about 0.2-0.4 % of the
+voxels) and 0-3 hypodense liver lesions per case (20-40 HU darker than the liver, a few to a few hundred voxels).
+Intensities overlap on purpose (liver ~60 HU, spleen ~50 HU, pancreas ~45 HU, muscle ~50 HU, soft tissue 15-45 HU,
+lesions 20-45 HU; kidneys ~150 HU with a darker core, aorta ~170 HU, contrast-filled bowel loops 120-170 HU), so a
+threshold cannot segment them: shape and position must be learnt. The image is blurred (partial volume) and noisy,
+on an anisotropic grid (2.5 x 2.5 x 4 mm by default).
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import torch.nn.functional as F
 
 from medattn3d.errors import InputError
 
-LABELS = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
+LABELS = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney", "4": "pancreas", "5": "liver lesion"}
+LIVER, PANCREAS, LESION = 1, 4, 5
+# Part of the cached folder's settings: bump it whenever synthesize_case changes, so old demo data is rewritten.
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,13 @@ ORGANS = (  # painted in this order; later organs overwrite earlier ones where t
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: tuple[int, ...]) -> np.ndarray:
     """Random field in [-1, 1]-ish, smooth on the scale of ``shape / coarse`` (trilinear upsampling of noise)."""
-    noise = torch.from_numpy(rng.standard_normal(coarse).astype(np.float32))[None, None]
-    return F.interpolate(noise, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+    return _upsample(rng.standard_normal(coarse), shape)
+
+
+def _upsample(noise: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Trilinear upsampling of a coarse noise array to ``shape`` (a smooth random field)."""
+    coarse = torch.from_numpy(noise.astype(np.float32))[None, None]
+    return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
 
 
 def _blur(volume: np.ndarray, sigma_voxels: float) -> np.ndarray:
@@ -63,6 +76,94 @@ def _blur(volume: np.ndarray, sigma_voxels: float) -> np.ndarray:
         pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
         out = F.conv3d(F.pad(out, pad, mode="replicate"), kernel.view(shape))
     return out[0, 0].numpy()
+
+
+def _box_around(axes_mm: list[np.ndarray], points: np.ndarray, margin: float) -> tuple[slice, ...]:
+    """Index box of the grid (``axes_mm``: voxel centres in mm per axis) holding ``points`` (K x 3, mm) +- margin."""
+    return tuple(
+        slice(int(np.searchsorted(a, lo)), int(np.searchsorted(a, hi, side="right")))
+        for a, lo, hi in zip(axes_mm, points.min(0) - margin, points.max(0) + margin, strict=True)
+    )
+
+
+def _nearest_point(
+    axes_mm: list[np.ndarray], box: tuple[slice, ...], points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every voxel of ``box``: the distance (mm) to the nearest of ``points`` (K x 3, mm) and its index."""
+    grid = np.stack(np.meshgrid(*(a[b] for a, b in zip(axes_mm, box, strict=True)), indexing="ij"), axis=-1)
+    shape = grid.shape[:3]
+    distance = torch.cdist(torch.from_numpy(grid.reshape(-1, 3).astype(np.float32)), torch.from_numpy(points))
+    nearest, index = distance.min(dim=1)
+    return nearest.reshape(shape).numpy(), index.reshape(shape).numpy()
+
+
+def _paint_pancreas(
+    rng: np.random.Generator,
+    axes_mm: list[np.ndarray],
+    image: np.ndarray,
+    label: np.ndarray,
+    interior: np.ndarray,
+    body_b: float,
+) -> None:
+    """Paint a pancreas in place: a curved tube from the head (patient's right, by the liver) to the tail (left, at
+    the spleen) arching in front of the aorta; radius tapering from 10-14 to 6-8.5 mm with a lobulated outline;
+    ~45 HU in a 3-5 mm rim of fat; the splenic vein (contrast, unlabelled) along the back of its body and tail."""
+    aorta_front = -body_b + 92.0  # the aorta's centre is 80 mm in front of the body's back, radius 12 mm
+    head = np.array([rng.uniform(12, 28), aorta_front + rng.uniform(10, 20), rng.uniform(-15, 0)])
+    tail = np.array([rng.uniform(-75, -55), aorta_front + rng.uniform(-5, 8), rng.uniform(5, 25)])
+    t = np.linspace(0.0, 1.0, 64)[:, None]
+    bulge = np.array([0.0, rng.uniform(5, 22), rng.uniform(-8, 8)])
+    wiggle = np.array([0.0, rng.uniform(-4, 4), rng.uniform(-4, 4)])
+    centreline = head + t * (tail - head) + np.sin(np.pi * t) * bulge + np.sin(2 * np.pi * t) * wiggle
+    head_radius, tail_radius = rng.uniform(10, 14), rng.uniform(6, 8.5)
+    radii = head_radius + (tail_radius - head_radius) * t[:, 0] ** 0.6
+    vein_line = centreline - np.array([0.0, 1.0, 0.0]) * (radii[:, None] + 2.0)  # posterior, just outside the gland
+    box = _box_around(axes_mm, np.concatenate([centreline, vein_line]), margin=8.0)
+    fat_rim = rng.uniform(3.0, 5.0)
+    lobules = rng.standard_normal((6, 4, 4))  # drawn even when the box is empty, so later draws do not shift
+    texture = rng.standard_normal((8, 6, 6))
+    fat_hu, gland_hu = rng.uniform(-100.0, -80.0), rng.uniform(40.0, 50.0)
+    size = tuple(b.stop - b.start for b in box)
+    if min(size) < 2:
+        return  # the pancreas lies outside a small field of view
+    distance, index = _nearest_point(axes_mm, box, centreline.astype(np.float32))
+    vein_distance, vein_index = _nearest_point(axes_mm, box, vein_line.astype(np.float32))
+    outline = radii[index] * (1.0 + 0.18 * _upsample(lobules, size))
+    inside = interior[box]
+    gland = (distance < outline) & inside
+    vein = (vein_distance < 3.5) & (vein_index > 16) & inside & ~gland
+    fat = ((distance < outline + fat_rim) | (vein_distance < 5.5)) & inside & ~gland & ~vein
+    region_image, region_label = image[box], label[box]  # views: painting them paints the case
+    region_image[fat] = fat_hu
+    region_label[fat] = 0
+    region_image[vein] = 160.0
+    region_image[gland] = gland_hu + 10.0 * _upsample(texture, size)[gland]
+    region_label[gland] = PANCREAS
+
+
+def _paint_lesions(
+    rng: np.random.Generator,
+    grid: tuple[np.ndarray, ...],
+    spacing: tuple[float, ...],
+    image: np.ndarray,
+    label: np.ndarray,
+) -> None:
+    """Paint 0-3 hypodense liver lesions in place: irregular ellipsoids of 3-11 mm radius (a few to a few hundred
+    voxels), 20-40 HU darker than the liver around them (its texture kept), clipped to the liver."""
+    count = int(rng.integers(0, 4))
+    liver = np.flatnonzero(label == LIVER)
+    half = [int(np.ceil(11.0 * 1.25 * 1.1 / s)) + 1 for s in spacing]  # the largest lesion's half-extent in voxels
+    for _ in range(count):
+        pick, semi = rng.random(), np.exp(rng.uniform(np.log(3.0), np.log(11.0))) * rng.uniform(0.8, 1.25, 3)
+        threshold, darker = rng.uniform(0.9, 1.1), rng.uniform(20.0, 40.0)
+        if liver.size == 0:
+            continue
+        at = np.unravel_index(liver[int(pick * liver.size)], label.shape)
+        box = tuple(slice(max(int(i) - h, 0), int(i) + h + 1) for i, h in zip(at, half, strict=True))
+        radius = sum(((g[box] - g[at]) / r) ** 2 for g, r in zip(grid, semi, strict=True))
+        lesion = (radius < threshold) & (label[box] == LIVER)
+        image[box][lesion] -= darker
+        label[box][lesion] = LESION
 
 
 def synthesize_case(
@@ -111,6 +212,8 @@ def synthesize_case(
         if organ.label == 3:  # renal medulla and sinus: darker core
             image[inside & (radius < 0.35 * outline**2)] = 70.0
         label[inside] = organ.label
+    _paint_pancreas(rng, axes_mm, image, label, interior, body_b)
+    _paint_lesions(rng, (x, y, z), spacing, image, label)
 
     image = _blur(image, 0.8) + rng.normal(0.0, 12.0, shape).astype(np.float32)
     affine = np.diag([*spacing, 1.0])
@@ -133,7 +236,14 @@ def generate_demo_dataset(
     """
     root = Path(root)
     manifest_path = root / "dataset.json"
-    settings = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "shape": list(shape), "seed": seed}
+    settings = {
+        "num_train": num_train,
+        "num_val": num_val,
+        "num_test": num_test,
+        "shape": list(shape),
+        "seed": seed,
+        "version": GENERATOR_VERSION,
+    }
     if manifest_path.is_file():
         existing = json.loads(manifest_path.read_text())
         if existing.get("generator_settings") == settings:
@@ -153,7 +263,7 @@ def generate_demo_dataset(
             records.append({"image": f"imagesTs/{name}"})
     manifest = {
         "name": "medattn3d-demo-abdomen",
-        "description": "Synthetic abdominal CT (liver, spleen, kidneys) generated by medattn3d.data.demo",
+        "description": "Synthetic abdominal CT (liver, spleen, kidneys, pancreas, liver lesions): medattn3d.data.demo",
         "reference": "medattn3d",
         "licence": "CC0-1.0",
         "tensorImageSize": "3D",
