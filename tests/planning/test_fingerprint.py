@@ -200,3 +200,23 @@ def test_a_case_without_foreground_adds_nothing_to_the_intensities(tmp_path):
     assert result["intensities"][0] == pytest.approx(_expected_intensities(cases[1:])[0], rel=1e-9)
     only_empty = fingerprint_dataset(cases[:1], None, workers=1, progress=False)
     assert set(only_empty["intensities"][0].values()) == {None}
+
+
+def test_nrrd_files_give_the_same_fingerprint_as_nifti(tmp_path):
+    import SimpleITK as sitk
+
+    cases = load_datalist(datasets.write_spleen_ct(tmp_path), "training", fold=None)[:4]
+    converted = []
+    for case in cases:
+        pair = {}
+        for key in ("image", "label"):
+            target = case[key].replace(".nii.gz", ".nrrd")
+            sitk.WriteImage(sitk.ReadImage(case[key]), target)
+            pair[key] = target
+        converted.append(pair)
+    nifti = fingerprint_dataset(cases, None, workers=1, progress=False)
+    nrrd = fingerprint_dataset(converted, None, workers=1, progress=False)
+    assert nrrd["intensities"] == nifti["intensities"]
+    for a, b in zip(nrrd["cases"], nifti["cases"], strict=True):
+        assert (a["shape"], a["axcodes"], a["class_voxels"]) == (b["shape"], b["axcodes"], b["class_voxels"])
+        assert a["spacing"] == pytest.approx(b["spacing"], abs=1e-5)
