@@ -191,32 +191,30 @@ def _state_dict_of(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def describe_mismatch(network: torch.nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
-    """One line saying why ``weights`` do not fit ``network`` (classes, input channels, or another network);
-    None when they fit."""
+    """One line saying why ``weights`` do not fit ``network``: another number of classes (output heads differ in
+    their first dimension only, all by the same count), of input channels (the first convolution differs in its
+    second dimension only), or another network; None when they fit."""
     expected = _unwrap(network).state_dict()
-    different = "was trained for a different network (its layers differ from the bundle's network_def)"
     if set(expected) != set(weights):
-        return different
+        return "was trained for a different network (its layers differ from the bundle's network_def)"
     wrong = [k for k in expected if expected[k].shape != weights[k].shape]
     if not wrong:
         return None
     first_conv = next(k for k, v in expected.items() if v.dim() >= 3)
-    parts = []
+    parts, explained = [], set()
+    heads = [k for k in wrong if k != first_conv and expected[k].shape[1:] == weights[k].shape[1:]]
+    pairs = {(int(weights[k].shape[0]), int(expected[k].shape[0])) for k in heads}
+    if len(pairs) == 1:
+        theirs, ours = pairs.pop()
+        parts.append(f"predicts {theirs} classes, the bundle {ours}")
+        explained.update(heads)
     if first_conv in wrong:
-        ours, theirs = expected[first_conv].shape, weights[first_conv].shape
-        if ours[0] != theirs[0] or ours[2:] != theirs[2:]:
-            return different
-        parts.append(f"takes {int(theirs[1])} input channels, the bundle {int(ours[1])}")
-    heads = [k for k in wrong if k != first_conv]
-    if heads:
-        # output heads (weights and biases) differ in their first dimension only: another number of classes
-        if any(expected[k].shape[1:] != weights[k].shape[1:] for k in heads):
-            return different
-        ours_n = {int(expected[k].shape[0]) for k in heads}
-        theirs_n = {int(weights[k].shape[0]) for k in heads}
-        if len(ours_n) != 1 or len(theirs_n) != 1:
-            return different
-        parts.insert(0, f"predicts {theirs_n.pop()} classes, the bundle {ours_n.pop()}")
+        ours_shape, theirs_shape = expected[first_conv].shape, weights[first_conv].shape
+        if ours_shape[0] == theirs_shape[0] and ours_shape[2:] == theirs_shape[2:]:
+            parts.append(f"takes {int(theirs_shape[1])} input channels, the bundle {int(ours_shape[1])}")
+            explained.add(first_conv)
+    if set(wrong) - explained:
+        parts.append("was trained for a different network (layer shapes differ from the bundle's network_def)")
     return "checkpoint " + "; it ".join(parts)
 
 
