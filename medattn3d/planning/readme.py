@@ -95,7 +95,12 @@ def bundle_readme(
     values = plan["values"]
     dims = template.spatial_dims
     inference = "slice by slice (SliceInferer)" if dims == 2 else "by sliding windows with Gaussian blending"
-    command = f"medattn3d train --bundle {name}" if dataset.get("shipped") else "medattn3d train --bundle ."
+    spec = name if dataset.get("shipped") else "."
+    metrics = (
+        "its value in `models/model_metric.json`"
+        if dataset.get("shipped")
+        else "the best mean and per-class Dice in `eval_metrics` of `configs/metadata.json`"
+    )
     parts = [
         f"# {name}",
         "",
@@ -110,8 +115,8 @@ def bundle_readme(
         "## Commands",
         "",
         "```bash",
-        command,
-        "medattn3d infer --bundle <this folder> -i scans/ -o seg/",
+        f"medattn3d train --bundle {spec}",
+        f"medattn3d infer --bundle {spec} -i scans/ -o seg/",
         "python -m monai.bundle run --config_file configs/train.json --bundle_root .",
         "python -m monai.bundle run --config_file \"['configs/train.json','configs/evaluate.json']\" --bundle_root .",
         "python -m monai.bundle run --config_file configs/inference.json --bundle_root .",
@@ -121,8 +126,8 @@ def bundle_readme(
         "    --meta_file configs/metadata.json --config_file configs/inference.json --bundle_root .",
         "```",
         "",
-        "Training keeps the best validation Dice as `models/model.pt` (and writes it into `eval_metrics` of "
-        "`configs/metadata.json`); a run always leaves one, validating at the last epoch if the schedule did not.",
+        f"Training keeps the weights with the best validation Dice as `models/model.pt` ({metrics}); a run always "
+        "leaves one, validating at the last epoch when the schedule did not.",
         "",
         "## Dataset fingerprint",
         "",
