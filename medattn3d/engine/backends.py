@@ -65,7 +65,9 @@ class RuntimeNetwork(nn.Module):
         self._shape: tuple[int, ...] | None = None
 
     def _compile(self, example: torch.Tensor) -> None:
-        with warnings.catch_warnings():  # tracing warns about the networks' shape checks, which hold for this shape
+        # tracing warns about the networks' shape checks (they hold for this shape); an autocast around the caller
+        # (PrecisionInferer) must not leak into the traced graph: the runtime picks its own precision
+        with warnings.catch_warnings(), torch.autocast(example.device.type, enabled=False):
             warnings.simplefilter("ignore")
             if self.runtime == "openvino":
                 self._compiled = _compile_openvino(self.network, example, self.precision, self.threads)

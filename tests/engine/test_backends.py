@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import SimpleInferer, SlidingWindowInferer
 
 from medattn3d.engine import PrecisionInferer, prepare_for_inference
 from medattn3d.engine.backends import RuntimeNetwork, check_runtime
@@ -26,6 +26,20 @@ def test_runtime_matches_pytorch_in_a_sliding_window(runtime):
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-3
     assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_openvino_bf16_under_autocast_agrees_with_pytorch():
+    pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    net = AttentionUNet(3, 1, 3, **SMALL).eval()
+    x = torch.randn(2, 1, 32, 32, 16)
+    with torch.no_grad():
+        expected = net(x)
+        got = PrecisionInferer(SimpleInferer(), precision="bf16")(
+            x, prepare_for_inference(net, "bf16", runtime="openvino")
+        )
+    assert (got - expected).abs().max() / expected.abs().max() < 0.05
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.97
 
 
 def test_unknown_runtime_is_refused_in_one_line():
