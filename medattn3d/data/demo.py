@@ -6,7 +6,7 @@ aorta and a stomach as unlabelled distractors, and three large labelled organs w
 outline and texture vary randomly. Two small, variable targets make it a task where attention can matter (Oktay et
 al. 2018 motivate attention gates with the pancreas): a pancreas (a thin, curved, lobulated tube from a thicker head
 by the liver to a tail at the spleen, in a rim of fat, with the splenic vein along its back; about 0.2-0.4 % of the
-voxels) and 0-3 hypodense liver lesions per case (20-40 HU darker than the liver, a few to a few hundred voxels).
+voxels) and 1-3 hypodense liver lesions per case (20-40 HU darker than the liver, a few to a few hundred voxels).
 Intensities overlap on purpose (liver ~60 HU, spleen ~50 HU, pancreas ~45 HU, muscle ~50 HU, soft tissue 15-45 HU,
 lesions 20-45 HU; kidneys ~150 HU with a darker core, aorta ~170 HU, contrast-filled bowel loops 120-170 HU), so a
 threshold cannot segment them: shape and position must be learnt. The image is blurred (partial volume) and noisy,
@@ -87,12 +87,17 @@ def _box_around(axes_mm: list[np.ndarray], points: np.ndarray, margin: float) ->
 
 
 def _nearest_point(
-    axes_mm: list[np.ndarray], box: tuple[slice, ...], points: np.ndarray
+    axes_mm: list[np.ndarray], box: tuple[slice, ...], points: np.ndarray, stretch: tuple[float, ...] = (1, 1, 1)
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For every voxel of ``box``: the distance (mm) to the nearest of ``points`` (K x 3, mm) and its index."""
+    """For every voxel of ``box``: the distance (mm, each axis divided by ``stretch``: an elliptic cross-section) to
+    the nearest of ``points`` (K x 3, mm) and its index."""
+    scale = 1.0 / np.asarray(stretch, dtype=np.float32)
     grid = np.stack(np.meshgrid(*(a[b] for a, b in zip(axes_mm, box, strict=True)), indexing="ij"), axis=-1)
     shape = grid.shape[:3]
-    distance = torch.cdist(torch.from_numpy(grid.reshape(-1, 3).astype(np.float32)), torch.from_numpy(points))
+    grid = torch.from_numpy(grid.reshape(-1, 3).astype(np.float32) * scale)
+    distance = torch.cdist(
+        grid, torch.from_numpy(points.astype(np.float32) * scale), compute_mode="use_mm_for_euclid_dist"
+    )
     nearest, index = distance.min(dim=1)
     return nearest.reshape(shape).numpy(), index.reshape(shape).numpy()
 
@@ -105,9 +110,10 @@ def _paint_pancreas(
     interior: np.ndarray,
     body_b: float,
 ) -> None:
-    """Paint a pancreas in place: a curved tube from the head (patient's right, by the liver) to the tail (left, at
-    the spleen) arching in front of the aorta; radius tapering from 10-14 to 6-8.5 mm with a lobulated outline;
-    ~45 HU in a 3-5 mm rim of fat; the splenic vein (contrast, unlabelled) along the back of its body and tail."""
+    """Paint a pancreas in place: a curved band from the head (patient's right, by the liver) to the tail (left, at
+    the spleen) arching in front of the aorta; half-thickness tapering from 9-12 to 5-7 mm (1.6 times that in
+    height) with a lobulated outline; 40-50 HU in a rim of fat (0-9 mm thick, 3-5 mm on average); the splenic vein
+    (contrast, unlabelled) along the back of its body and tail."""
     aorta_front = -body_b + 92.0  # the aorta's centre is 80 mm in front of the body's back, radius 12 mm
     head = np.array([rng.uniform(12, 28), aorta_front + rng.uniform(10, 20), rng.uniform(-15, 0)])
     tail = np.array([rng.uniform(-75, -55), aorta_front + rng.uniform(-5, 8), rng.uniform(5, 25)])
@@ -115,24 +121,26 @@ def _paint_pancreas(
     bulge = np.array([0.0, rng.uniform(5, 22), rng.uniform(-8, 8)])
     wiggle = np.array([0.0, rng.uniform(-4, 4), rng.uniform(-4, 4)])
     centreline = head + t * (tail - head) + np.sin(np.pi * t) * bulge + np.sin(2 * np.pi * t) * wiggle
-    head_radius, tail_radius = rng.uniform(10, 14), rng.uniform(6, 8.5)
+    head_radius, tail_radius = rng.uniform(9, 12), rng.uniform(5, 7)
     radii = head_radius + (tail_radius - head_radius) * t[:, 0] ** 0.6
     vein_line = centreline - np.array([0.0, 1.0, 0.0]) * (radii[:, None] + 2.0)  # posterior, just outside the gland
-    box = _box_around(axes_mm, np.concatenate([centreline, vein_line]), margin=8.0)
+    box = _box_around(axes_mm, np.concatenate([centreline, vein_line]), margin=1.6 * head_radius + 6.0)
     fat_rim = rng.uniform(3.0, 5.0)
     lobules = rng.standard_normal((6, 4, 4))  # drawn even when the box is empty, so later draws do not shift
+    rim_field = rng.standard_normal((5, 4, 4))
     texture = rng.standard_normal((8, 6, 6))
     fat_hu, gland_hu = rng.uniform(-100.0, -80.0), rng.uniform(40.0, 50.0)
     size = tuple(b.stop - b.start for b in box)
     if min(size) < 2:
         return  # the pancreas lies outside a small field of view
-    distance, index = _nearest_point(axes_mm, box, centreline.astype(np.float32))
-    vein_distance, vein_index = _nearest_point(axes_mm, box, vein_line.astype(np.float32))
+    distance, index = _nearest_point(axes_mm, box, centreline, stretch=(1.0, 1.0, 1.6))
+    vein_distance, vein_index = _nearest_point(axes_mm, box, vein_line)
     outline = radii[index] * (1.0 + 0.18 * _upsample(lobules, size))
     inside = interior[box]
     gland = (distance < outline) & inside
     vein = (vein_distance < 3.5) & (vein_index > 16) & inside & ~gland
-    fat = ((distance < outline + fat_rim) | (vein_distance < 5.5)) & inside & ~gland & ~vein
+    rim = fat_rim * np.clip(1.0 + 0.8 * _upsample(rim_field, size), 0.0, None)  # thin or absent in places
+    fat = ((distance < outline + rim) | (vein_distance < 5.5)) & inside & ~gland & ~vein
     region_image, region_label = image[box], label[box]  # views: painting them paints the case
     region_image[fat] = fat_hu
     region_label[fat] = 0
@@ -148,13 +156,13 @@ def _paint_lesions(
     image: np.ndarray,
     label: np.ndarray,
 ) -> None:
-    """Paint 0-3 hypodense liver lesions in place: irregular ellipsoids of 3-11 mm radius (a few to a few hundred
+    """Paint 1-3 hypodense liver lesions in place: irregular ellipsoids of 4-12 mm radius (ten to a few hundred
     voxels), 20-40 HU darker than the liver around them (its texture kept), clipped to the liver."""
-    count = int(rng.integers(0, 4))
+    count = int(rng.integers(1, 4))
     liver = np.flatnonzero(label == LIVER)
-    half = [int(np.ceil(11.0 * 1.25 * 1.1 / s)) + 1 for s in spacing]  # the largest lesion's half-extent in voxels
+    half = [int(np.ceil(12.0 * 1.25 * 1.1 / s)) + 1 for s in spacing]  # the largest lesion's half-extent in voxels
     for _ in range(count):
-        pick, semi = rng.random(), np.exp(rng.uniform(np.log(3.0), np.log(11.0))) * rng.uniform(0.8, 1.25, 3)
+        pick, semi = rng.random(), np.exp(rng.uniform(np.log(4.0), np.log(12.0))) * rng.uniform(0.8, 1.25, 3)
         threshold, darker = rng.uniform(0.9, 1.1), rng.uniform(20.0, 40.0)
         if liver.size == 0:
             continue
