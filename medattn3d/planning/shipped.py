@@ -44,11 +44,11 @@ scans. For your own data, plan a new bundle from this template: see docs/your_da
 
 
 def demo_dataset() -> Path:
-    """The demo dataset folder, generated when missing."""
-    from medattn3d.data.demo import default_demo_dir, prepare_dataset
+    """The demo dataset folder, generated when missing or written by another generator version."""
+    from medattn3d.data.demo import default_demo_dir, generate_demo_dataset
 
     root = default_demo_dir()
-    prepare_dataset(root, root / "dataset.json")
+    generate_demo_dataset(root)
     return root
 
 
