@@ -296,12 +296,17 @@ def default_demo_dir() -> Path:
 
 
 def prepare_dataset(dataset_dir: str | Path, datalist: str | Path) -> Path:
-    """Make sure ``datalist`` exists: generate the demo dataset when it is missing and ``dataset_dir`` is the demo
-    folder; otherwise say which manifest is missing. Returns the manifest path. Bundles call this in ``initialize``."""
+    """Make sure ``datalist`` exists: the demo folder's manifest is (re)generated when missing or written by an older
+    generator (a settings check, no image read, when current); another missing manifest is an error naming it.
+    Returns the manifest path. Bundles call this in ``initialize``."""
     datalist = Path(datalist)
+    demo = default_demo_dir().resolve()
+    in_demo = Path(dataset_dir).resolve() == demo
+    if in_demo and datalist.resolve() == demo / "dataset.json":
+        return generate_demo_dataset(dataset_dir)
     if datalist.is_file():
         return datalist
-    if Path(dataset_dir).resolve() == default_demo_dir().resolve():
+    if in_demo:
         return generate_demo_dataset(dataset_dir)
     raise InputError(datalist, "manifest not found (give --datalist, or leave --dataset_dir at the demo default)")
 

@@ -134,3 +134,22 @@ def test_a_folder_from_an_older_generator_is_rewritten(tmp_path):
     generate_demo_dataset(tmp_path, num_train=1, num_val=1, num_test=0, shape=(32, 32, 16))
     data = json.loads(manifest.read_text())
     assert data["labels"] == LABELS and data["generator_settings"]["version"] == GENERATOR_VERSION
+
+
+def test_bundles_get_the_current_demo_data_and_other_missing_manifests_are_errors(tmp_path, monkeypatch):
+    from functools import partial
+
+    from medattn3d.data import demo
+    from medattn3d.errors import InputError
+
+    small = partial(demo.generate_demo_dataset, num_train=1, num_val=1, num_test=0, shape=(32, 32, 16))
+    monkeypatch.setattr(demo, "generate_demo_dataset", small)
+    monkeypatch.setenv("MEDATTN3D_DEMO_DIR", str(tmp_path / "demo"))
+    manifest = small(tmp_path / "demo")
+    data = json.loads(manifest.read_text())
+    del data["generator_settings"]["version"]  # a cached folder from the first generator
+    manifest.write_text(json.dumps(data))
+    assert demo.prepare_dataset(tmp_path / "demo", manifest) == manifest
+    assert json.loads(manifest.read_text())["generator_settings"]["version"] == GENERATOR_VERSION
+    with pytest.raises(InputError, match="manifest not found"):
+        demo.prepare_dataset(tmp_path / "mine", tmp_path / "mine" / "dataset.json")
