@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine, write_json  # noqa: E402
 from medattn3d.data import load_datalist  # noqa: E402
-from medattn3d.explain import AttentionPredictor, class_ratios  # noqa: E402
+from medattn3d.explain import AttentionPredictor, class_ratios, separation_auc  # noqa: E402
 from medattn3d.training import load_weights  # noqa: E402
 
 
@@ -113,9 +113,10 @@ def explain_case(
 ) -> dict[str, Any]:
     """Dice of the prediction and the concentration of every map on every class, for one preprocessed case."""
     prediction, gates, gradcams, seconds = saliency_maps(network, image, classes, layers)
-    ratios = {name: class_ratios(volume, label, classes) for name, volume in gates.items()}
-    ratios |= {name: {c: class_ratios(maps[c], label, [c])[c] for c in classes} for name, maps in gradcams.items()}
-    return {"dice": {c: dice(prediction, label, c) for c in classes}, "ratios": ratios, "seconds": seconds}
+    per_class = {name: {c: volume for c in classes} for name, volume in gates.items()} | gradcams
+    ratios = {name: {c: class_ratios(maps[c], label, [c])[c] for c in classes} for name, maps in per_class.items()}
+    auc = {name: {c: separation_auc(maps[c], label == c) for c in classes} for name, maps in per_class.items()}
+    return {"dice": {c: dice(prediction, label, c) for c in classes}, "ratios": ratios, "auc": auc, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,13 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rows[-1]['case']}: dice {[round(v, 3) for v in result['dice'].values()]}", flush=True)
 
     methods = list(rows[0]["ratios"])
-    mean = {m: {names[c]: float(np.nanmean([r["ratios"][m][c] for r in rows])) for c in classes} for m in methods}
+
+    def average(key: str) -> dict[str, dict[str, float]]:
+        return {m: {names[c]: float(np.nanmean([r[key][m][c] for r in rows])) for c in classes} for m in methods}
+
+    mean, mean_auc = average("ratios"), average("auc")
     mean_dice = {names[c]: float(np.nanmean([r["dice"][c] for r in rows])) for c in classes}
-    print(f"\ninside / outside concentration, mean over {len(rows)} validation case(s) (ground-truth classes)")
+    print(f"\nmean over {len(rows)} validation case(s), ground-truth classes: inside/outside ratio (AUC)")
     header = ["map", *(names[c] for c in classes)]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for m in methods:
-        print("| " + " | ".join([m, *(f"{mean[m][names[c]]:.2f}" for c in classes)]) + " |")
+        cells = [f"{mean[m][names[c]]:.2f} ({mean_auc[m][names[c]]:.3f})" for c in classes]
+        print("| " + " | ".join([m, *cells]) + " |")
     print("| Dice of the prediction | " + " | ".join(f"{mean_dice[names[c]]:.3f}" for c in classes) + " |")
     write_json(
         args.json,
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "target_layers": args.target_layers,
             "classes": {c: names[c] for c in classes},
             "mean_ratio": mean,
+            "mean_auc": mean_auc,
             "mean_dice": mean_dice,
             "cases": rows,
             "machine": machine(),

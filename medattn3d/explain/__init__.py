@@ -4,7 +4,7 @@
 ``page`` render them; ``explainer`` runs the whole thing over volumes (what the bundles' ``explain.json`` calls).
 """
 
-from medattn3d.explain.concentration import attention_ratio, class_ratios
+from medattn3d.explain.concentration import attention_ratio, class_ratios, separation_auc
 from medattn3d.explain.explainer import AttentionExplainer, summary_lines
 from medattn3d.explain.extraction import AttentionPredictor, attention_names, default_map
 from medattn3d.explain.montage import write_montage
@@ -17,6 +17,7 @@ __all__ = [
     "attention_ratio",
     "class_ratios",
     "default_map",
+    "separation_auc",
     "summary_lines",
     "write_index",
     "write_montage",

@@ -152,7 +152,7 @@ class AttentionExplainer:
             spacing=[float(v) for v in data["image"].pixdim[:3]],
         )
         viewer_entry = None
-        if self.viewer:
+        if self.viewer and image.ndim == 3:  # the viewer shows volumes; a 2D image keeps its montage and files
             layers = [Layer("scan", "scan", image), Layer("prediction", "labels", prediction)]
             layers += [Layer("truth", "labels", label)] if label is not None else []
             layers += [Layer(map_name, "attention", maps[map_name]) for map_name in self.names]

@@ -17,6 +17,7 @@ from medattn3d.explain import (
     attention_ratio,
     class_ratios,
     default_map,
+    separation_auc,
     summary_lines,
 )
 from medattn3d.networks import AttentionUNet, MultiScaleGuidedAttentionNet
@@ -143,3 +144,14 @@ def test_map_names_come_from_the_network_or_its_structure():
 def test_unknown_montage_map_is_refused(tmp_path):
     with pytest.raises(ValueError, match="'gate_level9' is not one of this network's maps: gate_level1, gate_level2"):
         AttentionExplainer(ConstantAttentionNet(), ct_transforms("infer"), None, tmp_path, montage_map="gate_level9")
+
+
+def test_separation_auc_against_all_pairs():
+    rng = np.random.default_rng(3)
+    saliency = rng.integers(0, 5, 60).astype(float)  # ties on purpose
+    structure = rng.random(60) < 0.3
+    inside, outside = saliency[structure], saliency[~structure]
+    pairs = (inside[:, None] > outside[None, :]) + 0.5 * (inside[:, None] == outside[None, :])
+    assert separation_auc(saliency, structure) == pytest.approx(pairs.mean())
+    assert separation_auc(np.where(structure, 0.9, 0.1), structure) == 1.0
+    assert np.isnan(separation_auc(saliency, np.zeros(60, bool)))

@@ -38,6 +38,8 @@ def test_case_scores_every_map_on_every_class():
     result = explain_case(network, torch.randn(1, 24, 24, 16), label, [1, 2], ["final_up", "decoder.0.up"])
     assert set(result["ratios"]) == {"gate_level1", "gate_level2", "gradcam_final_up", "gradcam_decoder.0.up"}
     assert all(set(r) == {1, 2} for r in result["ratios"].values())
+    assert set(result["auc"]) == set(result["ratios"])
+    assert all(0 <= v <= 1 for v in result["auc"]["gate_level1"].values())
     assert all(0 <= d <= 1 for d in result["dice"].values())
 
 
