@@ -102,7 +102,7 @@ def _all_file_problems(records: list[dict[str, Any]], base: Path, checker: Check
     if not pools.use_workers(workers, len(records), pools.bytes_on_disk(f for r in records for f in files(r))):
         return [line for record in records for line in _file_problems(record, base, checker)]
     context = pools.worker_context(["medattn3d.data.check"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=pools.init_worker) as pool:
         results = pool.map(_file_problems, records, [base] * len(records), [checker] * len(records))
         return [line for lines in results for line in lines]
 

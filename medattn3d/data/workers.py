@@ -24,6 +24,13 @@ def worker_context(preload: Iterable[str] = ()) -> multiprocessing.context.BaseC
     return context
 
 
+def init_worker() -> None:
+    """Pool initializer: one torch thread per worker (the workers already use the cores; more would oversubscribe)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def bytes_on_disk(paths: Iterable[str | Path]) -> int:
     """Total size of the files (a folder: the files in it), 0 for what does not exist."""
     total = 0

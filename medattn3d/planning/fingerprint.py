@@ -321,7 +321,9 @@ def fingerprint_dataset(
                 bar.update(1)
         else:
             context = pools.worker_context(["medattn3d.planning.fingerprint"])
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                min(workers, len(todo)), mp_context=context, initializer=pools.init_worker
+            ) as pool:
                 futures = [pool.submit(_worker, i, cases[i], SAMPLES_PER_CASE) for i in todo]
                 for future in as_completed(futures):
                     index, result, error = future.result()
