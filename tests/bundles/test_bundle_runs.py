@@ -77,7 +77,9 @@ def test_train_evaluate_infer_export(bundle_copy, tiny_data):
     prediction = nib.load(str(bundle / "predictions" / "case_003_seg.nii.gz"))
     source = nib.load(str(test_image))
     assert prediction.shape == source.shape and np.allclose(prediction.affine, source.affine, atol=1e-4)
-    assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2, 3}
+    classes = json.loads((bundle / "configs" / "inference.json").read_text())["num_classes"]
+    assert classes == len(json.loads((tiny_data / "dataset.json").read_text())["labels"])
+    assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= set(range(classes))
 
     bundle_run(bundle, ["inference.json", "explain.json"], overrides)
     explain = bundle / "explain"
@@ -114,7 +116,7 @@ def test_train_evaluate_infer_export(bundle_copy, tiny_data):
     assert result.returncode == 0, result.stderr[-3000:]
     scripted = torch.jit.load(str(models / "model.ts"))
     size = (1, 1, 32, 32) if name.endswith("2d") else (1, 1, 32, 32, 16)
-    assert scripted(torch.randn(size)).shape == (1, 4, *size[2:])
+    assert scripted(torch.randn(size)).shape == (1, classes, *size[2:])
 
 
 @pytest.fixture
