@@ -134,7 +134,7 @@ def build_bundle(
     datalist_path = Path(datalist).expanduser().resolve() if datalist else root / "dataset.json"
     out = Path(out).expanduser().resolve()
     _check_out(out, source.datalist if source is not None else str(datalist_path))
-    problems = check_dataset(datalist_path, root) if check else []
+    problems = check_dataset(datalist_path, root, workers=workers) if check else []
     if problems:
         raise DatasetError(datalist_path, problems)
     manifest = read_manifest(datalist_path)
@@ -183,7 +183,7 @@ def build_bundle(
             "shipped": source.demo,
         }
         files: dict[str, str] = {}
-        for file_name, config in bundle_configs(spec, plan.values, source).items():
+        for file_name, config in bundle_configs(spec, plan.values, source, bundle_name).items():
             files[f"configs/{file_name}"] = dumps(config)
         files["configs/metadata.json"] = dumps(
             bundle_metadata(spec, plan.values, plan.facts["patch_multiples"], dataset)

@@ -321,7 +321,9 @@ def evaluate_config(source: DataSource) -> dict[str, Any]:
     }
 
 
-def inference_config(template: Template, values: Mapping[str, Any], source: DataSource) -> dict[str, Any]:
+def inference_config(
+    template: Template, values: Mapping[str, Any], source: DataSource, name: str = ""
+) -> dict[str, Any]:
     """``inference.json``: the test cases (or ``input_paths``) through the network, written in the input's
     geometry by the prediction writer."""
     return {
@@ -354,6 +356,8 @@ def inference_config(template: Template, values: Mapping[str, Any], source: Data
             "class_names": "@class_names",
             "formats": "@output_formats",
             "save_probabilities": "@save_probabilities",
+            "input_paths": "@input_paths",
+            "model_info": {"name": name or template.name, "template": template.name},
         },
         "handlers": [*load_weights("@checkpoint"), {"_target_": "StatsHandler", "iteration_log": False}],
         "evaluator": {
@@ -440,12 +444,14 @@ def multi_gpu_evaluate_config(source: DataSource) -> dict[str, Any]:
     return _distributed(source, "validate", "$@validate#evaluator.run()")
 
 
-def bundle_configs(template: Template, values: Mapping[str, Any], source: DataSource) -> dict[str, dict[str, Any]]:
-    """Every JSON config file of a bundle, by file name (metadata.json is written by :mod:`.metadata`)."""
+def bundle_configs(
+    template: Template, values: Mapping[str, Any], source: DataSource, name: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Every JSON config file of a bundle ``name``, by file name (metadata.json is written by :mod:`.metadata`)."""
     return {
         "train.json": train_config(template, values, source),
         "evaluate.json": evaluate_config(source),
-        "inference.json": inference_config(template, values, source),
+        "inference.json": inference_config(template, values, source, name),
         "explain.json": explain_config(source),
         "multi_gpu_train.json": multi_gpu_train_config(source),
         "multi_gpu_evaluate.json": multi_gpu_evaluate_config(source),
