@@ -97,7 +97,7 @@ def test_validator_lists_every_problem_at_once(tmp_path, capsys):
     assert len(problems) == 4, problems
     assert "case_000.nii.gz: file not found" in problems[0]
     assert "label shape (32, 32, 15) differs" in problems[1]
-    assert "label values [9] lie outside the 4 classes" in problems[2]
+    assert f"label values [9] lie outside the {len(data['labels'])} classes" in problems[2]
     assert "non-finite" in problems[3]
     assert check.main([str(path)]) == 1
     assert capsys.readouterr().out.count("\n") == 4
