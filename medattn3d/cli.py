@@ -510,7 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer_p.add_argument("--series-uid", help="DICOM SeriesInstanceUID, when a folder holds several series")
     infer_p.add_argument("--fail-fast", action="store_true", help="stop at the first failing case")
     infer_p.add_argument(
-        "--runtime", choices=("torch", "openvino", "onnxruntime"), help="default: the bundle's runtime (torch)"
+        "--runtime",
+        choices=("auto", "torch", "openvino", "onnxruntime"),
+        help="default: the bundle's runtime (auto: OpenVINO on CPU when installed)",
     )
     _run_options(infer_p, split=True)
     infer_p.set_defaults(func=cmd_infer)

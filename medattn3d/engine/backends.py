@@ -18,7 +18,21 @@ import numpy as np
 import torch
 from torch import nn
 
-RUNTIMES = ("torch", "openvino", "onnxruntime")
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+
+
+def resolve_runtime(runtime: str, device: torch.device | str = "cpu") -> str:
+    """The runtime ``runtime`` means on ``device``: ``"auto"`` is OpenVINO on a CPU where it is installed (it wins
+    there, see docs/benchmarks.md), PyTorch otherwise; any other name is itself (checked)."""
+    if runtime != "auto":
+        return check_runtime(runtime)
+    if torch.device(device).type != "cpu":
+        return "torch"
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "openvino"
 
 
 def check_runtime(runtime: str) -> str:

@@ -139,19 +139,21 @@ def prepare_for_inference(
     With ``runtime="torch"``, in place: eval mode, BatchNorm folded into the preceding convolutions, in-place conv
     activations, channels-last weights, and bf16 weights when ``precision`` resolves to bf16 on ``device`` (default:
     where the weights are); returns ``network``. With ``"openvino"`` / ``"onnxruntime"``: returns a
-    :class:`medattn3d.engine.backends.RuntimeNetwork` serving the (unchanged) network through that runtime. Either
-    way the result computes the same function (up to bf16 rounding) but can no longer be trained; the checkpoint file
-    is untouched. Call it after loading the weights, never on a network that is still training.
+    :class:`medattn3d.engine.backends.RuntimeNetwork` serving the (unchanged) network through that runtime;
+    ``"auto"``: OpenVINO on a CPU where it is installed, else PyTorch. Either way the result computes the same
+    function (up to bf16 rounding) but can no longer be trained; the checkpoint file is untouched. Call it after
+    loading the weights, never on a network that is still training.
     """
+    from medattn3d.engine.backends import RuntimeNetwork, resolve_runtime
+
     check_precision(precision)
     network.eval()
-    if runtime != "torch":
-        from medattn3d.engine.backends import RuntimeNetwork
-
-        return RuntimeNetwork(network, runtime, precision)
     if device is None:
         first = next(network.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
+    runtime = resolve_runtime(runtime, device)
+    if runtime != "torch":
+        return RuntimeNetwork(network, runtime, precision)
     fold_batch_norm(network)
     make_conv_activations_inplace(network)
     spatial_dims = getattr(network, "spatial_dims", None)

@@ -45,3 +45,17 @@ def test_openvino_bf16_under_autocast_agrees_with_pytorch():
 def test_unknown_runtime_is_refused_in_one_line():
     with pytest.raises(ValueError, match="runtime must be one of"):
         check_runtime("tensorrt")
+
+
+def test_auto_runtime_is_openvino_on_cpu_where_installed_and_torch_elsewhere():
+    from medattn3d.engine.backends import resolve_runtime
+
+    try:
+        import openvino  # noqa: F401
+
+        expected = "openvino"
+    except ImportError:
+        expected = "torch"
+    assert resolve_runtime("auto", "cpu") == expected
+    assert resolve_runtime("auto", "cuda") == "torch"
+    assert resolve_runtime("torch", "cpu") == "torch"
