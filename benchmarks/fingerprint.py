@@ -142,6 +142,7 @@ def run_case(case: dict) -> dict:
     return {
         "workers": workers,
         "cached": bool(case.get("cached")),
+        "load_average_1min": os.getloadavg()[0],  # other jobs on the machine: above the core count = contention
         "seconds": seconds,
         "cases_per_s": len(cases) / seconds,
         "processes_sampled": 1 if in_process else len(sampler.worker_peaks),
@@ -200,7 +201,8 @@ def main() -> None:
             "rows": rows,
             "speedup_2_workers": speedup,
             "machine": machine(),
-            "note": "2 CPU cores shared with other jobs while measured: timings are noisy",
+            "note": "2 CPU cores shared with other jobs while measured (see load_average_1min): timings are noisy; "
+            "the 2-worker time includes starting the forkserver (importing torch and MONAI)",
         },
     )
 
