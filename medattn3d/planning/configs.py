@@ -402,13 +402,18 @@ def explain_config(source: DataSource) -> dict[str, Any]:
 def _distributed(source: DataSource, section: str, *extra: str) -> dict[str, Any]:
     """The DDP pieces shared by multi_gpu_train.json and multi_gpu_evaluate.json for ``section``."""
     prepare = ["$medattn3d.data.demo.prepare_dataset(@dataset_dir, @datalist) if dist.get_rank() == 0 else None"]
-    return {
-        "device": "$torch.device(f'cuda:{dist.get_rank()}') if torch.cuda.is_available() else torch.device('cpu')",
+    # training wraps the network in DDP; evaluation needs no gradient sync, and the inference preparation (BatchNorm
+    # folding, bf16 weights) changes parameters DDP has registered, so each rank evaluates a plain network
+    ddp = {
         "network": {
             "_target_": "torch.nn.parallel.DistributedDataParallel",
             "module": "$@network_def.to(@device)",
             "device_ids": "$[@device] if torch.cuda.is_available() else None",
-        },
+        }
+    }
+    return {
+        "device": "$torch.device(f'cuda:{dist.get_rank()}') if torch.cuda.is_available() else torch.device('cpu')",
+        **(ddp if section == "train" else {}),
         f"{section}#sampler": {
             "_target_": "DistributedSampler",
             "dataset": f"@{section}#dataset",

@@ -187,6 +187,11 @@ def test_ddp_two_processes_on_cpu(attention_unet_copy, tmp_path):
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
 
+    # multi_gpu_evaluate.json: the validation cases shared by the two processes, one metrics file from rank 0
+    bundle_run(bundle, ["train.json", "evaluate.json", "multi_gpu_evaluate.json"], overrides, launcher=torchrun)
+    raw = (bundle / "eval" / "val_mean_dice_raw.csv").read_text().strip().splitlines()
+    assert len(raw) == 1 + 2  # header + both validation cases
+
 
 def test_onnx_export_matches_pytorch(tmp_path):
     onnx = pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra (onnx, onnxscript)")
