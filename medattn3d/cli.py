@@ -145,7 +145,8 @@ def infer(
     status: 0 when every case was written or skipped, 1 when any failed. Under ``torchrun`` each process takes its
     share of the cases (rank and world size as ``part_id``/``num_parts``)."""
     from medattn3d.bundles import quiet_monai, resolve_bundle
-    from medattn3d.engine.runner import BundleModel, InferenceRun, discover_inputs, distributed_part, gather_summaries
+    from medattn3d.data.inputs import discover_inputs
+    from medattn3d.engine.runner import BundleModel, InferenceRun, distributed_part, gather_summaries
     from medattn3d.outputs.naming import check_formats
 
     quiet_monai(verbosity < VERBOSE)
@@ -219,7 +220,8 @@ def explain(
 ) -> None:
     """Attention maps, montages and an HTML index for ``inputs`` (default: the bundle's validation cases)."""
     from medattn3d.bundles import resolve_bundle, run_bundle
-    from medattn3d.engine.runner import discover_inputs, select_part
+    from medattn3d.data.inputs import discover_inputs
+    from medattn3d.engine.runner import select_part
 
     bundle = resolve_bundle(spec)
     overrides = {**overrides, "checkpoint": str(weights_of(bundle, checkpoint, spec))}
@@ -246,8 +248,11 @@ def export(
     output: str | None = None,
     resume: bool = False,
     quiet: bool = True,
+    calibration_patches: int = 32,
 ) -> Path:
-    """TorchScript (``monai.bundle.ckpt_export``) or ONNX (``onnx_export``, needs the ``export`` extra)."""
+    """TorchScript (``monai.bundle.ckpt_export``), ONNX (``onnx_export``, needs the ``export`` extra) or an INT8
+    OpenVINO IR calibrated on ``calibration_patches`` training patches (:mod:`medattn3d.engine.quantize`, needs
+    ``openvino`` and ``nncf``; served by ``--runtime openvino-int8``)."""
     from monai.bundle import ckpt_export, onnx_export
 
     from medattn3d.bundles import quiet_monai, read_config, resolve_bundle
@@ -255,9 +260,20 @@ def export(
     quiet_monai(quiet)
     bundle = resolve_bundle(spec)
     weights = weights_of(bundle, checkpoint, spec)
-    target = Path(output) if output else bundle / "models" / ("model.onnx" if fmt == "onnx" else "model.ts")
-    if resume and target.is_file():
+    default = {"onnx": "model.onnx", "openvino-int8": "model_int8.xml"}.get(fmt, "model.ts")
+    target = Path(output) if output else bundle / "models" / default
+    if resume and target.is_file() and (fmt != "openvino-int8" or target.with_suffix(".bin").is_file()):
         print(f"kept {target} (--continue)")
+        return target
+    if fmt == "openvino-int8":
+        from medattn3d.engine.quantize import export_int8
+
+        start = time.perf_counter()
+        export_int8(bundle, weights, target, calibration_patches, overrides)
+        print(
+            f"wrote {target} (+ .bin; INT8, {calibration_patches} calibration patches, "
+            f"{time.perf_counter() - start:.0f} s); use it with --runtime openvino-int8"
+        )
         return target
     common = {
         "net_id": "network_def",
@@ -391,7 +407,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     overrides = run_overrides(args.device, args.precision, args.set)
-    export(args.bundle, overrides, args.format, args.input, args.output, args.resume, _verbosity(args) < VERBOSE)
+    export(
+        args.bundle,
+        overrides,
+        args.format,
+        args.input,
+        args.output,
+        args.resume,
+        _verbosity(args) < VERBOSE,
+        args.calibration_patches,
+    )
     return 0
 
 
@@ -511,8 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer_p.add_argument("--fail-fast", action="store_true", help="stop at the first failing case")
     infer_p.add_argument(
         "--runtime",
-        choices=("auto", "torch", "openvino", "onnxruntime"),
-        help="default: the bundle's runtime (auto: OpenVINO on CPU when installed)",
+        choices=("auto", "torch", "openvino", "openvino-int8", "onnxruntime"),
+        help="default: the bundle's runtime (auto: OpenVINO on CPU when installed; openvino-int8: the INT8 model "
+        "from `medattn3d export --format openvino-int8`)",
     )
     _run_options(infer_p, split=True)
     infer_p.set_defaults(func=cmd_infer)
@@ -527,11 +553,22 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(explain_p, split=True)
     explain_p.set_defaults(func=cmd_explain)
 
-    export_p = sub.add_parser("export", help="TorchScript (ckpt_export) or ONNX export of the trained network")
+    export_p = sub.add_parser(
+        "export", help="TorchScript (ckpt_export), ONNX, or INT8 OpenVINO export of the trained network"
+    )
     _bundle(export_p)
     export_p.add_argument("-i", "--input", "--checkpoint", dest="input", help="weights (default: models/model.pt)")
-    export_p.add_argument("-o", "--output", help="default: the bundle's models/model.ts (or model.onnx)")
-    export_p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    export_p.add_argument(
+        "-o", "--output", help="default: the bundle's models/model.ts (model.onnx, model_int8.xml + .bin)"
+    )
+    export_p.add_argument("--format", choices=("torchscript", "onnx", "openvino-int8"), default="torchscript")
+    export_p.add_argument(
+        "--calibration-patches",
+        type=int,
+        default=32,
+        metavar="N",
+        help="openvino-int8: training patches to calibrate the INT8 ranges on (default 32)",
+    )
     _run_options(export_p)
     export_p.set_defaults(func=cmd_export)
 

@@ -13,7 +13,10 @@ import torch
 from medattn3d.bundles import BUNDLES_DIR
 from tests.helpers import oblique_affine, save_nifti
 
-CLASS_NAMES = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
+# the shipped bundle's own classes (the demo's labels); the tiny copy keeps them
+CLASS_NAMES: dict[str, str] = json.loads(
+    (BUNDLES_DIR / "attention_unet_3d" / "configs" / "inference.json").read_text()
+)["class_names"]
 
 
 def make_tiny_bundle(target: Path) -> Path:
@@ -26,8 +29,6 @@ def make_tiny_bundle(target: Path) -> Path:
         config = json.loads(config_file.read_text())
         config["network_def"].update({"channels": [4, 8, 16], "strides": [2, 2], "deep_supervision": False})
         config.update({"roi_size": [16, 16, 16], "pixdim": [4.0, 4.0, 4.0], "precision": "fp32"})
-        if name == "inference.json":
-            config.setdefault("class_names", CLASS_NAMES)
         config_file.write_text(json.dumps(config, indent=4))
     config_file = target / "configs" / "inference.json"
     parser = ConfigParser()

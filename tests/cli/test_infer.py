@@ -11,7 +11,7 @@ import pytest
 from medattn3d import cli
 from medattn3d.engine import runner
 from medattn3d.engine.runner import RunSummary, select_part
-from tests.cli.conftest import ct
+from tests.cli.conftest import CLASS_NAMES, ct
 from tests.helpers import save_nifti, write_dicom_series
 
 
@@ -162,11 +162,16 @@ def test_weights_that_do_not_fit_are_refused_in_one_line(tmp_path, tiny_bundle, 
     wrong = tmp_path / "wrong.pt"
     state = torch.load(tiny_bundle / "models" / "model.pt", weights_only=True)
     torch.save(
-        {k: (v[:2] if v.ndim and v.shape[0] == 4 and k.startswith("head") else v) for k, v in state.items()}, wrong
+        {
+            k: (v[:2] if v.ndim and v.shape[0] == len(CLASS_NAMES) and k.startswith("head") else v)
+            for k, v in state.items()
+        },
+        wrong,
     )
     assert _infer(tiny_bundle, ct(tmp_path / "a.nii.gz"), tmp_path / "o", "--checkpoint", str(wrong)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "wrong.pt" in err[0]
+    assert f"checkpoint predicts 2 classes, the bundle {len(CLASS_NAMES)}" in err[0]
 
 
 def test_summary_merges_parts():
