@@ -191,3 +191,29 @@ def run_bundle(bundle: Path, configs: list[str], quiet: bool = True, **overrides
 def read_config(bundle: Path, config: str = "inference.json") -> dict[str, Any]:
     """A bundle config as plain JSON (for looking up literal values such as ``num_classes``)."""
     return json.loads((bundle / "configs" / config).read_text())
+
+
+def bundle_config(bundle: Path, overrides: dict[str, Any] | None = None) -> Any:
+    """``bundle/configs/inference.json`` as a MONAI ``ConfigParser`` rooted at ``bundle``, ``overrides`` applied."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
+def bundle_class_names(bundle: Path, overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """The bundle's ``class_names`` (from ``inference.json``), else the datalist's ``labels``, else ``{}``."""
+    parser = bundle_config(bundle, overrides)
+    names = parser.get_parsed_content("class_names", default=None)
+    if isinstance(names, dict) and names:
+        return {str(k): str(v) for k, v in names.items()}
+    try:
+        datalist = Path(parser.get_parsed_content("datalist"))
+        return {str(k): str(v) for k, v in json.loads(datalist.read_text()).get("labels", {}).items()}
+    except Exception:  # no datalist (yet): the CSV's own names are printed
+        print(f"note: no class names in {bundle} or its datalist", file=sys.stderr)
+        return {}

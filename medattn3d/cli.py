@@ -104,8 +104,8 @@ def train(
 
 def evaluate(spec: str, overrides: dict[str, Any], multi_gpu: bool = False, quiet: bool = True) -> list:
     """Dice per class of the bundle's weights on its validation cases; prints the table, returns its rows."""
-    from medattn3d.bundles import resolve_bundle, run_bundle
-    from medattn3d.engine.runner import class_names_of, dice_table
+    from medattn3d.bundles import bundle_class_names, resolve_bundle, run_bundle
+    from medattn3d.training.report import dice_table
 
     bundle = resolve_bundle(spec)
     weights_of(bundle, None, spec)
@@ -119,7 +119,7 @@ def evaluate(spec: str, overrides: dict[str, Any], multi_gpu: bool = False, quie
     if _rank() != 0:
         return []
     eval_dir = Path(overrides.get("output_dir", bundle / "eval"))
-    table = dice_table(eval_dir, class_names_of(bundle, overrides))
+    table = dice_table(eval_dir, bundle_class_names(bundle, overrides))
     for name, value in table:
         print(f"  Dice {name:<20s} {value:.4f}")
     print(f"metrics: {eval_dir / 'metrics.csv'}, per case and class: {eval_dir / 'val_mean_dice_raw.csv'}")

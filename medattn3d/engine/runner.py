@@ -17,10 +17,7 @@ size map onto the same split (:func:`distributed_part`).
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +26,7 @@ from typing import Any
 
 import torch
 
+from medattn3d.bundles import bundle_config  # re-exported: the run's config reader lives with the bundles
 from medattn3d.data.inputs import check_header
 from medattn3d.errors import InputError
 
@@ -59,18 +57,6 @@ def device_expression(device: str) -> str | None:
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     return f"$torch.device('{device}')"
-
-
-def bundle_config(bundle: Path, overrides: dict[str, Any] | None = None) -> Any:
-    """``bundle/configs/inference.json`` as a MONAI ``ConfigParser`` rooted at ``bundle``, ``overrides`` applied."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    return parser
 
 
 @dataclass
@@ -287,36 +273,3 @@ def gather_summaries(summary: RunSummary) -> RunSummary:
     for part in parts:
         merged = merged.merge(part)
     return merged
-
-
-# --- evaluation results ----------------------------------------------------------------------------------------
-
-
-def dice_table(eval_dir: Path, class_names: dict[str, str]) -> list[tuple[str, float]]:
-    """Per-class mean Dice from MONAI's ``MetricsSaver`` summary CSV (``val_mean_dice_summary.csv``), named by
-    ``class_names`` (``{"1": "liver", ...}``; the metric leaves out the background, so its ``class0`` is label 1)."""
-    rows: list[tuple[str, float]] = []
-    with open(eval_dir / "val_mean_dice_summary.csv") as stream:
-        for row in csv.reader(stream):
-            if not row or row[0] == "class":  # the header row
-                continue
-            name = row[0]
-            if name.startswith("class"):
-                index = str(int(name.removeprefix("class")) + 1)
-                name = class_names.get(index, name)
-            rows.append((name, float(row[1])))
-    return rows
-
-
-def class_names_of(bundle: Path, overrides: dict[str, Any] | None = None) -> dict[str, str]:
-    """The bundle's ``class_names`` (from ``inference.json``), else the datalist's ``labels``, else ``{}``."""
-    parser = bundle_config(bundle, overrides)
-    names = parser.get_parsed_content("class_names", default=None)
-    if isinstance(names, dict) and names:
-        return {str(k): str(v) for k, v in names.items()}
-    try:
-        datalist = Path(parser.get_parsed_content("datalist"))
-        return {str(k): str(v) for k, v in json.loads(datalist.read_text()).get("labels", {}).items()}
-    except Exception:  # no datalist (yet): the CSV's own names are printed
-        print(f"note: no class names in {bundle} or its datalist", file=sys.stderr)
-        return {}

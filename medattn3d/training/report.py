@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -160,3 +161,19 @@ class TrainingReport:
         tmp.replace(path)
         atomic_write_text(json.dumps(self.history, indent=1) + "\n", self.output_dir / "training_history.json")
         return path
+
+
+def dice_table(eval_dir: Path, class_names: dict[str, str]) -> list[tuple[str, float]]:
+    """Per-class mean Dice from MONAI's ``MetricsSaver`` summary CSV (``val_mean_dice_summary.csv``), named by
+    ``class_names`` (``{"1": "liver", ...}``; the metric leaves out the background, so its ``class0`` is label 1)."""
+    rows: list[tuple[str, float]] = []
+    with open(eval_dir / "val_mean_dice_summary.csv") as stream:
+        for row in csv.reader(stream):
+            if not row or row[0] == "class":  # the header row
+                continue
+            name = row[0]
+            if name.startswith("class"):
+                index = str(int(name.removeprefix("class")) + 1)
+                name = class_names.get(index, name)
+            rows.append((name, float(row[1])))
+    return rows
