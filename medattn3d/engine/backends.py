@@ -6,19 +6,25 @@ Both are extras (``pip install medattn3d[openvino]`` / ``[onnxruntime]``), never
 with a dynamic batch axis (the last sliding-window batch may be smaller), and returns float32 logits as a torch
 tensor. Conversion goes straight from the PyTorch module (OpenVINO's ``convert_model``; ``torch.onnx.export`` for
 ONNX Runtime), so nothing is written to disk. Inference only: training and attention maps stay in PyTorch.
+
+The ``"openvino-int8"`` runtime is the exception: it serves an INT8 model quantized ahead of time
+(``medattn3d export --format openvino-int8``, :mod:`medattn3d.engine.quantize`) from its OpenVINO IR on disk,
+through :class:`IRNetwork`, since calibration needs training patches and takes far longer than one conversion.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+RUNTIMES = ("auto", "torch", "openvino", "openvino-int8", "onnxruntime")
+INT8_EXPORT = "medattn3d export --bundle {bundle} --format openvino-int8"
 
 
 def resolve_runtime(runtime: str, device: torch.device | str = "cpu") -> str:
@@ -39,13 +45,13 @@ def check_runtime(runtime: str) -> str:
     """``runtime`` if known and importable; a one-line error naming the extra to install otherwise."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    module = {"openvino": "openvino", "onnxruntime": "onnxruntime"}.get(runtime)
+    module = {"openvino": "openvino", "openvino-int8": "openvino", "onnxruntime": "onnxruntime"}.get(runtime)
     if module is not None:
         try:
             __import__(module)
         except ImportError as err:
             raise ImportError(
-                f"runtime {runtime!r} needs the {runtime} package: pip install 'medattn3d[{runtime}]'"
+                f"runtime {runtime!r} needs the {module} package: pip install 'medattn3d[{module}]'"
             ) from err
     return runtime
 
@@ -105,12 +111,60 @@ def _compile_openvino(network: nn.Module, example: torch.Tensor, precision: str,
     shape = model.inputs[0].get_partial_shape()
     shape[0] = ov.Dimension.dynamic()
     model.reshape({model.inputs[0]: shape})
-    config = {"INFERENCE_PRECISION_HINT": openvino_precision_hint(precision, example.device)}
+    return _compile_for_cpu(model, precision, example.device, threads)
+
+
+def _compile_for_cpu(model: Any, precision: str, device: torch.device, threads: int | None) -> Any:
+    """Compile an OpenVINO model (in memory or an IR path) for the CPU; returns ``array -> first output``."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": openvino_precision_hint(precision, device)}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
     compiled = ov.Core().compile_model(model, "CPU", config)
     output = compiled.outputs[0]
     return lambda array: compiled(array)[output]
+
+
+class IRNetwork(nn.Module):
+    """An OpenVINO IR on disk (the INT8 model ``medattn3d export --format openvino-int8`` writes), callable like the
+    network it was exported from: float32 tensor in, float32 logits out, dynamic batch axis.
+
+    The IR's spatial window is fixed at export (the bundle's ``roi_size``); sliding-window and slice inferers only
+    ever pass that window. Args: ``path`` the ``.xml`` (its ``.bin`` beside it); ``precision`` the bundle's setting,
+    OpenVINO's precision hint for the layers left in floating point; ``threads`` intra-op threads.
+    """
+
+    def __init__(self, path: str | Path, precision: str = "auto", threads: int | None = None) -> None:
+        super().__init__()
+        from medattn3d.errors import InputError
+
+        check_runtime("openvino-int8")
+        self.path = Path(path)
+        for part in (self.path, self.path.with_suffix(".bin")):
+            if not part.is_file():
+                raise InputError(part, f"no INT8 model: create it with `{INT8_EXPORT.format(bundle=bundle_of(path))}`")
+        import openvino as ov
+
+        model = ov.Core().read_model(str(self.path))
+        self.window = tuple(d.get_length() for d in list(model.inputs[0].get_partial_shape())[1:])
+        self.precision, self.threads = precision, threads
+        self._compiled = _compile_for_cpu(model, precision, torch.device("cpu"), threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.window:
+            raise ValueError(
+                f"{self.path}: exported for inputs of {'x'.join(map(str, self.window))} (channels x roi_size), "
+                f"got {'x'.join(map(str, x.shape[1:]))}; export it again for this roi_size"
+            )
+        out = self._compiled(np.ascontiguousarray(x.detach().float().cpu().numpy()))
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+
+
+def bundle_of(path: str | Path) -> str:
+    """The bundle folder an IR at ``<bundle>/models/<name>.xml`` belongs to (for messages); ``BUNDLE`` otherwise."""
+    path = Path(path)
+    return str(path.parent.parent) if path.parent.name == "models" else "BUNDLE"
 
 
 def _compile_onnxruntime(network: nn.Module, example: torch.Tensor, threads: int | None) -> Any:

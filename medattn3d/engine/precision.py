@@ -11,6 +11,7 @@ convolutions on inputs shallower than their kernel run in fp32 (:mod:`medattn3d.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -133,6 +134,7 @@ def prepare_for_inference(
     device: torch.device | str | None = None,
     channels_last: bool = True,
     runtime: str = "torch",
+    ir_path: str | Path | None = None,
 ) -> nn.Module:
     """Turn a network whose trained weights are loaded into an inference-only one, once.
 
@@ -140,11 +142,13 @@ def prepare_for_inference(
     activations, channels-last weights, and bf16 weights when ``precision`` resolves to bf16 on ``device`` (default:
     where the weights are); returns ``network``. With ``"openvino"`` / ``"onnxruntime"``: returns a
     :class:`medattn3d.engine.backends.RuntimeNetwork` serving the (unchanged) network through that runtime;
-    ``"auto"``: OpenVINO on a CPU where it is installed, else PyTorch. Either way the result computes the same
-    function (up to bf16 rounding) but can no longer be trained; the checkpoint file is untouched. Call it after
-    loading the weights, never on a network that is still training.
+    ``"auto"``: OpenVINO on a CPU where it is installed, else PyTorch. ``"openvino-int8"`` serves the INT8 IR at
+    ``ir_path`` (the bundle's ``models/model_int8.xml``, written by ``medattn3d export --format openvino-int8``)
+    instead of ``network``. Either way the result computes the same function (up to bf16 / int8 rounding) but can
+    no longer be trained; the checkpoint file is untouched. Call it after loading the weights, never on a network
+    that is still training.
     """
-    from medattn3d.engine.backends import RuntimeNetwork, resolve_runtime
+    from medattn3d.engine.backends import IRNetwork, RuntimeNetwork, resolve_runtime
 
     check_precision(precision)
     network.eval()
@@ -152,6 +156,10 @@ def prepare_for_inference(
         first = next(network.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     runtime = resolve_runtime(runtime, device)
+    if runtime == "openvino-int8":
+        if ir_path is None:
+            raise ValueError("runtime 'openvino-int8' needs ir_path: the bundle's models/model_int8.xml")
+        return IRNetwork(ir_path, precision)
     if runtime != "torch":
         return RuntimeNetwork(network, runtime, precision)
     fold_batch_norm(network)
@@ -169,17 +177,23 @@ class PrepareForInference:
     """Ignite handler: :func:`prepare_for_inference` on ``network`` when the engine starts.
 
     Place it right after the handler that loads the weights (handlers run in the order they are attached). With an
-    optional ``runtime`` ("openvino", "onnxruntime") the engine's network is replaced by the runtime's stand-in.
+    optional ``runtime`` ("openvino", "onnxruntime") the engine's network is replaced by the runtime's stand-in;
+    ``"openvino-int8"`` also needs ``ir_path`` (``$os.path.join(@ckpt_dir, 'model_int8.xml')`` in a bundle).
     """
 
     def __init__(
-        self, network: nn.Module, precision: str = "auto", channels_last: bool = True, runtime: str = "torch"
+        self,
+        network: nn.Module,
+        precision: str = "auto",
+        channels_last: bool = True,
+        runtime: str = "torch",
+        ir_path: str | Path | None = None,
     ) -> None:
         from medattn3d.engine.backends import check_runtime
 
         check_precision(precision)
         self.runtime = check_runtime(runtime)
-        self.network, self.precision, self.channels_last = network, precision, channels_last
+        self.network, self.precision, self.channels_last, self.ir_path = network, precision, channels_last, ir_path
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -188,7 +202,9 @@ class PrepareForInference:
 
     def __call__(self, engine: Any) -> None:
         device = getattr(engine.state, "device", None) or getattr(engine, "device", None)
-        prepared = prepare_for_inference(self.network, self.precision, device, self.channels_last, self.runtime)
+        prepared = prepare_for_inference(
+            self.network, self.precision, device, self.channels_last, self.runtime, self.ir_path
+        )
         if prepared is not self.network and hasattr(engine, "network"):
             engine.network = prepared
 

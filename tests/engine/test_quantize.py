@@ -1,0 +1,120 @@
+"""INT8 export (NNCF post-training quantization to an OpenVINO IR) and the ``openvino-int8`` runtime that serves it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from medattn3d.engine import PrecisionInferer, prepare_for_inference
+from medattn3d.engine.backends import IRNetwork
+from medattn3d.engine.quantize import quantize_network, save_ir
+from medattn3d.errors import InputError
+from medattn3d.networks import AttentionUNet
+
+WINDOW = (16, 16, 16)
+
+
+def blobs(batch: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Smooth random fields (noise blurred by average pooling): bright and dark blobs a few voxels across."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(batch, 1, *(s + 4 for s in shape), generator=generator)
+    smooth = torch.nn.functional.avg_pool3d(noise, 5, stride=1)
+    return smooth / smooth.std()
+
+
+@pytest.fixture(scope="module")
+def network() -> AttentionUNet:
+    torch.manual_seed(0)
+    return AttentionUNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2)).eval()
+
+
+@pytest.fixture(scope="module")
+def int8_ir(network, tmp_path_factory):
+    """The network quantized on 8 calibration patches and saved as <bundle>/models/model_int8.xml."""
+    model = quantize_network(network, list(blobs(8, WINDOW, seed=1000)))
+    return model, save_ir(model, tmp_path_factory.mktemp("bundle") / "models" / "model_int8.xml")
+
+
+def test_int8_model_in_a_sliding_window_agrees_with_pytorch(network, int8_ir):
+    model, xml = int8_ir
+    # the model really is quantized: NNCF inserted FakeQuantize nodes (OpenVINO runs those layers in int8)
+    assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops()) >= 10
+    assert xml.is_file() and xml.with_suffix(".bin").is_file()
+    assert [p.name for p in xml.parent.iterdir() if p.name.startswith(".tmp-")] == []
+
+    x = blobs(1, (40, 36, 20), seed=2000)
+    window = SlidingWindowInferer(WINDOW, sw_batch_size=3, overlap=0.25, mode="gaussian")  # last batch smaller
+    with torch.no_grad():
+        expected = window(x, network)
+        served = prepare_for_inference(network, "fp32", runtime="openvino-int8", ir_path=xml)
+        assert isinstance(served, IRNetwork)
+        got = PrecisionInferer(window, precision="fp32")(x, served)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    difference = (got - expected).abs().max()
+    # int8 rounding is real (the IR is not the fp32 network) but bounded: ~10 % of the logit range measured
+    assert 0 < difference < 0.25 * (expected.max() - expected.min())
+    agree = got.argmax(1) == expected.argmax(1)
+    margin = (expected[:, 0] - expected[:, 1]).abs()
+    assert agree.float().mean() > 0.95  # ~0.98 measured; flips sit where the fp32 classes nearly tie
+    assert agree[margin > margin.median()].float().mean() > 0.995  # voxels the fp32 network clearly decides
+
+
+def test_int8_model_refuses_another_window_in_one_line(int8_ir):
+    _, xml = int8_ir
+    with pytest.raises(ValueError, match=r"exported for inputs of 1x16x16x16 .* got 1x32x32x16"):
+        IRNetwork(xml)(torch.zeros(1, 1, 32, 32, 16))
+
+
+def test_missing_int8_model_names_the_file_and_the_export_command(tmp_path):
+    net = AttentionUNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2))
+    xml = tmp_path / "bundle" / "models" / "model_int8.xml"
+    with pytest.raises(InputError) as err:
+        prepare_for_inference(net, "fp32", runtime="openvino-int8", ir_path=xml)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(xml))
+    assert f"medattn3d export --bundle {tmp_path / 'bundle'} --format openvino-int8" in message
+    xml.parent.mkdir(parents=True)
+    xml.write_text("<net/>")  # an .xml without its .bin is just as missing
+    with pytest.raises(InputError, match=r"model_int8\.bin: no INT8 model"):
+        IRNetwork(xml)
+    with pytest.raises(ValueError, match="needs ir_path"):
+        prepare_for_inference(net, "fp32", runtime="openvino-int8")
+
+
+def tiny_openvino_model(scale: float):
+    """An OpenVINO model ``y = x * scale`` built from opset nodes (no conversion: milliseconds)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    x = ops.parameter([1, 4], np.float32, name="x")
+    return ov.Model([ops.multiply(x, ops.constant(np.full((1, 4), scale, np.float32)))], [x])
+
+
+def test_save_ir_leaves_no_xml_without_its_bin(tmp_path, monkeypatch):
+    import openvino as ov
+
+    import medattn3d.engine.quantize as quantize
+
+    xml = save_ir(tiny_openvino_model(2.0), tmp_path / "model_int8.xml")
+    compiled = ov.Core().compile_model(str(xml), "CPU")
+    assert compiled(np.array([[1, 2, 3, 4]], np.float32))[0].tolist() == [[2.0, 4.0, 6.0, 8.0]]
+
+    real_replace = quantize.os.replace
+
+    def failing_replace(src, dst):  # the .bin cannot be put in place (disk full, killed, ...)
+        if str(dst).endswith(".bin"):
+            raise OSError("no space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(quantize.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="no space"):
+        save_ir(tiny_openvino_model(3.0), xml)
+    # the old .xml went first, so no .xml is left pointing at weights of another export; no temporary files remain
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_int8.bin"]
+    with pytest.raises(InputError, match="no INT8 model"):
+        IRNetwork(xml)
