@@ -5,6 +5,15 @@ side by side with MONAI's AttentionUnet and UNet at the same widths, fp32 vs bf1
 
 Each case runs in a fresh process (so peak memory is its own); medians of repeated runs; ratios are speedups over
 MONAI's AttentionUnet in fp32, channels-first (its default), measured in the same run.
+
+    .venv/bin/python benchmarks/network_step.py --paired --json benchmarks/results/network_step_paired.json
+
+``--paired``: the 3D guided-attention network as its bundle runs it against MONAI's AttentionUnet in fp32, both in
+ONE process and timed in alternating rounds, so a shared, noisy CPU slows both alike; reports each round's ratio and
+their median. Inference: ours under ``prepare_for_inference`` + ``PrecisionInferer`` (bf16 where supported,
+channels-last, BatchNorm folded), also with its shared encoder-decoder run once per scale (the code before it ran
+once on the stacked scales) for comparison. Training: one forward + backward, ours under ``PrecisionInferer``
+(bf16 autocast, channels-last, conv guard) as ``train.json`` runs it.
 """
 
 from __future__ import annotations
@@ -105,8 +114,91 @@ def run_case(case: dict) -> dict:
     return result
 
 
+def paired(size: int, rounds: int, repeats: int, modes: list[str]) -> list[dict]:
+    """Alternating rounds of MONAI AttentionUnet fp32 vs our guided-attention network as its bundle runs it."""
+    import statistics
+
+    from monai.inferers import SimpleInferer
+
+    from medattn3d.engine.precision import PrecisionInferer, prepare_for_inference, to_float
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, size, size, size)
+    monai = build("MONAI AttentionUnet", 3)
+    ours = prepare_for_inference(build("ours MSGuidedAttention", 3), "auto", channels_last=True)
+    infer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True)
+    trained = build("ours MSGuidedAttention", 3).train()
+    train_inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True)
+    monai_train = build("MONAI AttentionUnet", 3)
+
+    def per_scale(flag: bool) -> None:
+        """Run the shared encoder-decoder once per scale (the step module alone in training mode; its children,
+        BatchNorms included, stay in eval mode, so the function is the same)."""
+        for step in ours.steps:
+            step.training = flag
+
+    def monai_infer() -> None:
+        with torch.no_grad():
+            monai.eval()(x)
+
+    def ours_infer() -> None:
+        with torch.no_grad():
+            infer(x, ours)
+
+    def ours_infer_per_scale() -> None:
+        per_scale(True)
+        try:
+            ours_infer()
+        finally:
+            per_scale(False)
+
+    def monai_train_step() -> None:
+        monai_train.train()(x).float().mean().backward()
+        monai_train.zero_grad(set_to_none=True)
+
+    def ours_train_step() -> None:
+        outputs = to_float(train_inferer(x, trained))
+        sum(t.mean() for t in flatten(outputs)).backward()
+        trained.zero_grad(set_to_none=True)
+
+    cases = {
+        "infer": [
+            ("MONAI AttentionUnet fp32", monai_infer),
+            ("ours MSGuidedAttention as its bundle runs it", ours_infer),
+            ("ours, encoder-decoder once per scale (before)", ours_infer_per_scale),
+        ],
+        "train": [("MONAI AttentionUnet fp32", monai_train_step), ("ours MSGuidedAttention bf16", ours_train_step)],
+    }
+    rows = []
+    for mode, entries in cases.items():
+        if mode not in modes:
+            continue
+        times: dict[str, list[float]] = {name: [] for name, _ in entries}
+        for _ in range(rounds):
+            for name, step in entries:
+                times[name].append(measure(step, repeats=repeats, warmup=1)["median_s"])
+        reference = times[entries[0][0]]
+        for name, _ in entries:
+            ratios = [r / t for r, t in zip(reference, times[name], strict=True)]
+            rows.append(
+                {
+                    "mode": mode,
+                    "net": name,
+                    "median_s": statistics.median(times[name]),
+                    "round_s": times[name],
+                    "speedup_vs_monai_attunet_fp32": statistics.median(ratios),
+                    "round_ratios": ratios,
+                }
+            )
+            ratio = rows[-1]["speedup_vs_monai_attunet_fp32"]
+            print(f"{mode:5s} {name:48s} {rows[-1]['median_s']:.3f} s  ratio {ratio:.3f}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paired", action="store_true", help="one-process alternating rounds (see the docstring)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds for --paired")
     parser.add_argument("--dims", type=int, choices=(2, 3), default=3)
     parser.add_argument("--size", type=int, help="edge of the input (default 96 in 3D, 512 in 2D)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -119,6 +211,12 @@ def main() -> None:
         print(json.dumps(run_case(json.loads(args.case))))
         return
     size = args.size or (96 if args.dims == 3 else 512)
+    if args.paired:
+        rows = paired(args.size or 96, args.rounds, max(1, args.repeats // 2), args.modes)
+        print(f"\n3D, input 1x1x{size}^3, {args.rounds} alternating rounds in one process, {machine()}")
+        print_table(rows, ["mode", "net", "median_s", "speedup_vs_monai_attunet_fp32"])
+        write_json(args.json, {"benchmark": "network_step_paired", "machine": machine(), "size": size, "rows": rows})
+        return
     rows = []
     for mode in args.modes:
         for net in args.nets:

@@ -4,6 +4,15 @@
 
 Each (implementation, size) runs in a fresh process. The naive form is skipped where its N x N matrices alone
 would pass --naive-limit-gib (printed). Outputs of the two are compared in fp32 where both run.
+
+    .venv/bin/python benchmarks/position_attention.py --kernels \
+        --json benchmarks/results/position_attention_kernels.json
+
+``--kernels``: the attention product alone at the guided-attention bundle's size (24^3 positions = a 96^3 window at
+1/4, C = 32, q/k width 4), inference, fp32 and bf16, every candidate in ONE process in alternating rounds: ours
+(SDPA's fused kernel, q/k zero-padded to the value width, which it requires), exact blockwise attention without the
+padding (query chunks: q k^T, softmax, times v; memory linear), and SDPA with q, k and v all 4 wide (not a usable
+result: what the fused kernel costs when the product is that narrow, i.e. a floor for any unpadded fused kernel).
 """
 
 from __future__ import annotations
@@ -52,8 +61,75 @@ def run_case(case: dict) -> dict:
     return result
 
 
+def blockwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Exact softmax(q k^T) v over query chunks, q/k at their own width: memory O(chunk x N) instead of N x N."""
+    out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=v.dtype)
+    keys = k.transpose(1, 2)
+    for start in range(0, q.shape[1], chunk):
+        scores = torch.bmm(q[:, start : start + chunk], keys)
+        torch.bmm(torch.softmax(scores, dim=-1), v, out=out[:, start : start + chunk])
+    return out
+
+
+def _candidates(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
+    """The attention-product candidates on (1, N, width) q/k and (1, N, C) v, by name."""
+    import torch.nn.functional as F
+
+    width, channels = q.shape[2], v.shape[2]
+    qp, kp = F.pad(q, [0, channels - width]), F.pad(k, [0, channels - width])
+    narrow_v = v[:, :, :width].contiguous()
+    return {
+        "ours: SDPA fused, q/k zero-padded": lambda: F.scaled_dot_product_attention(
+            qp[:, None], kp[:, None], v[:, None], scale=1.0
+        ),
+        "blockwise exact, unpadded (chunks of 512)": lambda: blockwise(q, k, v, 512),
+        "blockwise exact, unpadded (chunks of 2048)": lambda: blockwise(q, k, v, 2048),
+        "SDPA fused, q/k/v all 4 wide (floor, not a result)": lambda: F.scaled_dot_product_attention(
+            q[:, None], k[:, None], narrow_v[:, None], scale=1.0
+        ),
+    }
+
+
+def kernels(edge: int, channels: int, rounds: int, repeats: int) -> list[dict]:
+    """Alternating rounds of the attention-product candidates, one process (see the module docstring)."""
+    import statistics
+
+    torch.manual_seed(0)
+    n, width = edge**3, max(channels // 8, 1)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k = torch.randn(1, n, width, dtype=dtype), torch.randn(1, n, width, dtype=dtype)
+        v = torch.randn(1, n, channels, dtype=dtype)
+        candidates = _candidates(q, k, v)
+        with torch.no_grad():
+            reference = candidates["ours: SDPA fused, q/k zero-padded"]()[:, 0].float()
+            errors = {"blockwise exact, unpadded (chunks of 512)": blockwise(q, k, v, 512).float()}
+            times: dict[str, list[float]] = {name: [] for name in candidates}
+            for _ in range(rounds):
+                for name, run in candidates.items():
+                    times[name].append(measure(run, repeats=repeats, warmup=1)["median_s"])
+        ours = times["ours: SDPA fused, q/k zero-padded"]
+        for name in candidates:
+            ratios = [a / b for a, b in zip(ours, times[name], strict=True)]
+            row = {
+                "dtype": str(dtype).removeprefix("torch."),
+                "impl": name,
+                "positions": f"{edge}^3",
+                "median_s": statistics.median(times[name]),
+                "speed_vs_ours": statistics.median(ratios),
+                "round_s": times[name],
+            }
+            if name in errors:
+                row["max_abs_diff_vs_ours"] = float((errors[name] - reference).abs().max())
+            rows.append(row)
+            print(f"{row['dtype']:9s} {name:52s} {row['median_s']:.4f} s  x{row['speed_vs_ours']:.2f}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", action="store_true", help="one-process kernel comparison (see the docstring)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--edges", nargs="*", type=int, default=[8, 12, 16, 20, 24, 28, 32])
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -63,6 +139,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
+        return
+    if args.kernels:
+        rows = kernels(24, 32, args.rounds, args.repeats)
+        print(f"\nattention product at 24^3 positions, C = 32, q/k width 4, inference, {machine()}")
+        print_table(rows, ["dtype", "impl", "median_s", "speed_vs_ours", "max_abs_diff_vs_ours"])
+        write_json(args.json, {"benchmark": "position_attention_kernels", "machine": machine(), "rows": rows})
         return
     rows = []
     for edge in args.edges:

@@ -83,4 +83,7 @@ def test_3d_position_attention_at_32_cubed_trains_in_linear_memory():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     peak_gib = int(result.stdout.strip().splitlines()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
-    assert peak_gib < 2.0, f"peak RSS {peak_gib:.2f} GiB: the N x N affinity (4 GiB in fp32) was materialised"
+    # the naive form holds the affinity, its softmax and a gradient: 3 x 32768^2 fp32 = 12 GiB; ours, whole process
+    # included (Python, torch), stays under a tenth of that
+    naive_gib = 3 * 32768**2 * 4 / 2**30
+    assert peak_gib < naive_gib / 10, f"peak RSS {peak_gib:.2f} GiB: the N x N affinity was materialised"

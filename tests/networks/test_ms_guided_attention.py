@@ -228,3 +228,24 @@ def test_resnext_backbone_and_bad_shortcut():
         assert net.eval()(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
     with pytest.raises(ValueError, match="shortcut_type must be 'A', 'B' or None"):
         _tiny(3, shortcut_type="C")
+
+
+def test_eval_runs_the_shared_encoder_decoder_once_on_all_scales_with_the_same_result():
+    net = _tiny(3).eval()
+    for m in net.modules():
+        if hasattr(m, "gamma"):
+            torch.nn.init.constant_(m.gamma, 0.4)
+        if isinstance(m, torch.nn.BatchNorm3d):  # non-trivial running statistics
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    step = net.steps[0]
+    features = [torch.randn(2, 8, 8, 8, 8) for _ in range(net.num_scales)]
+    guides = [torch.randn(2, 8, 8, 8, 8) for _ in range(net.num_scales)]
+    with torch.no_grad():
+        attended, latents, inputs, recons = step(features, guides)
+        for s in range(net.num_scales):  # one call per scale, as in training mode
+            stacked = torch.cat([features[s], guides[s]], dim=1)
+            latent, recon = step.semantic(stacked)
+            assert torch.equal(inputs[s], stacked)
+            assert torch.allclose(latents[s], latent, atol=1e-5) and torch.allclose(recons[s], recon, atol=1e-5)
+            assert torch.allclose(attended[s], step.modules_per_scale[s](stacked, recon), atol=1e-5)

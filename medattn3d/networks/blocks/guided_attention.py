@@ -86,6 +86,11 @@ class GuidedRefinementStep(nn.Module):
     ``forward(scale_features, guides)`` takes per-scale ``F_s`` and guides (``F_ms`` in the first step,
     ``att_s * F_ms`` afterwards) and returns per-scale attention features, latents, encoder-decoder inputs and
     reconstructions (lists, one entry per scale).
+
+    In ``eval()`` the shared encoder-decoder runs once on the scales stacked along the batch axis (the same
+    function: its BatchNorms use running statistics then, so samples do not interact), which is markedly faster on
+    CPU than one call per scale. In ``train()`` it runs per scale, as the authors' code does, so each call keeps its
+    own batch statistics.
     """
 
     def __init__(
@@ -101,19 +106,26 @@ class GuidedRefinementStep(nn.Module):
         self.modules_per_scale = nn.ModuleList(
             GuidedAttentionModule(spatial_dims, channels, norm=norm, act=act) for _ in range(num_scales)
         )
+        self.num_scales = num_scales
 
     def forward(
         self, scale_features: list[torch.Tensor], guides: list[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        attended: list[torch.Tensor] = []
-        latents: list[torch.Tensor] = []
         inputs: list[torch.Tensor] = []
+        for i in range(self.num_scales):
+            inputs.append(torch.cat([scale_features[i], guides[i]], dim=1))
+        latents: list[torch.Tensor] = []
         reconstructions: list[torch.Tensor] = []
+        if self.training:
+            for stacked in inputs:
+                latent, reconstruction = self.semantic(stacked)
+                latents.append(latent)
+                reconstructions.append(reconstruction)
+        else:
+            latent, reconstruction = self.semantic(torch.cat(inputs, dim=0))
+            latents = list(latent.chunk(self.num_scales, dim=0))
+            reconstructions = list(reconstruction.chunk(self.num_scales, dim=0))
+        attended: list[torch.Tensor] = []
         for i, module in enumerate(self.modules_per_scale):
-            stacked = torch.cat([scale_features[i], guides[i]], dim=1)
-            latent, reconstruction = self.semantic(stacked)
-            attended.append(module(stacked, reconstruction))
-            latents.append(latent)
-            inputs.append(stacked)
-            reconstructions.append(reconstruction)
+            attended.append(module(inputs[i], reconstructions[i]))
         return attended, latents, inputs, reconstructions
