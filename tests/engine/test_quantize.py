@@ -118,3 +118,57 @@ def test_save_ir_leaves_no_xml_without_its_bin(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_int8.bin"]
     with pytest.raises(InputError, match="no INT8 model"):
         IRNetwork(xml)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle_with_data(tmp_path_factory):
+    """The CLI tests' tiny random-weight bundle, trained-on data replaced by a tiny spleen CT dataset."""
+    from tests.cli.conftest import make_tiny_bundle
+    from tests.planning.datasets import write_spleen_ct
+
+    root = tmp_path_factory.mktemp("int8")
+    datalist = write_spleen_ct(root / "data")
+    data = [f"dataset_dir={root / 'data'}", f"datalist={datalist}"]
+    return make_tiny_bundle(root / "tiny"), data
+
+
+def test_calibration_patches_are_the_bundles_training_windows_and_repeat_per_seed(tiny_bundle_with_data):
+    from medattn3d.cli import parse_overrides
+    from medattn3d.engine.quantize import calibration_patches
+
+    bundle, data = tiny_bundle_with_data
+    overrides = parse_overrides(data)
+    patches = calibration_patches(bundle, 5, overrides, seed=0)
+    assert len(patches) == 5 and all(p.shape == (1, 16, 16, 16) and p.dtype == torch.float32 for p in patches)
+    # normalised as in training (CT: clip, then z-score with the planned mean/std), not raw HU in the hundreds
+    assert all(p.abs().max() < 20 for p in patches) and torch.stack(patches).std() > 0.1
+    again = calibration_patches(bundle, 5, overrides, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(patches, again, strict=True))
+    other = calibration_patches(bundle, 5, overrides, seed=1)
+    assert not all(torch.equal(a, b) for a, b in zip(patches, other, strict=True))
+
+
+def test_cli_exports_int8_and_infers_with_it_and_names_the_missing_model(tiny_bundle_with_data, tmp_path, capsys):
+    from medattn3d import cli
+    from tests.cli.conftest import ct
+
+    bundle, data = tiny_bundle_with_data
+    sets = [arg for item in data for arg in ("--set", item)]
+    export = ["export", "--bundle", str(bundle), "--format", "openvino-int8", "--calibration-patches", "4", *sets]
+    assert cli.main(export) == 0
+    xml = bundle / "models" / "model_int8.xml"
+    assert f"wrote {xml}" in capsys.readouterr().out and xml.with_suffix(".bin").is_file()
+
+    volume = ct(tmp_path / "volume.nii.gz")
+    infer = ["infer", "--bundle", str(bundle), "-i", str(volume), "--runtime", "openvino-int8"]
+    assert cli.main([*infer, "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "volume_seg.nii.gz").is_file()
+
+    xml.unlink()
+    capsys.readouterr()
+    assert cli.main([*infer, "-o", str(tmp_path / "out2")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: {xml}: no INT8 model: create it with `medattn3d export --bundle {bundle} --format openvino-int8`"
+    )
+    assert not (tmp_path / "out2" / "volume_seg.nii.gz").exists()
