@@ -147,6 +147,7 @@ class IRNetwork(nn.Module):
         import openvino as ov
 
         model = ov.Core().read_model(str(self.path))
+        warn_if_stale(model, self.path)
         self.window = tuple(d.get_length() for d in list(model.inputs[0].get_partial_shape())[1:])
         self.precision, self.threads = precision, threads
         self._compiled = _compile_for_cpu(model, precision, torch.device("cpu"), threads)
@@ -159,6 +160,18 @@ class IRNetwork(nn.Module):
             )
         out = self._compiled(np.ascontiguousarray(x.detach().float().cpu().numpy()))
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+
+
+def warn_if_stale(model: Any, path: Path) -> None:
+    """Warn (one line) when the weights an IR was exported from have changed since (the bundle was trained again):
+    the IR still holds the old network. Export records the weights' path, size and mtime in the IR's rt_info."""
+    if not model.has_rt_info(["medattn3d", "weights_stamp"]):
+        return
+    weights = Path(str(model.get_rt_info(["medattn3d", "weights"]).astype(str)))
+    stamp = str(model.get_rt_info(["medattn3d", "weights_stamp"]).astype(str))
+    if weights.is_file() and f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}" != stamp:
+        command = INT8_EXPORT.format(bundle=bundle_of(path))
+        warnings.warn(f"{path}: exported from an older {weights.name}; run `{command}` again", stacklevel=3)
 
 
 def bundle_of(path: str | Path) -> str:

@@ -175,6 +175,8 @@ def export_int8(
     load_weights(network, weights)
     patches = calibration_patches(bundle, calibration, cpu, seed)
     model = quantize_network(network, patches)
-    model.set_rt_info(str(Path(weights).name), ["medattn3d", "weights"])
+    stat = Path(weights).stat()  # what the runtime checks to warn about an export older than retrained weights
+    model.set_rt_info(str(Path(weights).resolve()), ["medattn3d", "weights"])
+    model.set_rt_info(f"{stat.st_size}:{stat.st_mtime_ns}", ["medattn3d", "weights_stamp"])
     model.set_rt_info(str(len(patches)), ["medattn3d", "calibration_patches"])
     return save_ir(model, target)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -163,6 +165,11 @@ def test_cli_exports_int8_and_infers_with_it_and_names_the_missing_model(tiny_bu
     infer = ["infer", "--bundle", str(bundle), "-i", str(volume), "--runtime", "openvino-int8"]
     assert cli.main([*infer, "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "volume_seg.nii.gz").is_file()
+
+    weights = bundle / "models" / "model.pt"  # trained again after the export: the IR holds the old network
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.warns(UserWarning, match=r"model_int8\.xml: exported from an older model\.pt; run `medattn3d export"):
+        IRNetwork(xml)
 
     xml.unlink()
     capsys.readouterr()

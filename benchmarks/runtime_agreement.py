@@ -1,0 +1,219 @@
+"""Do the inference runtimes give the PyTorch path's segmentation, and how fast? The shipped 3D Attention U-Net's
+trained weights on the demo validation volumes, each runtime through the bundle's own preprocessing and
+sliding-window inferer:
+
+    .venv/bin/python benchmarks/runtime_agreement.py --json benchmarks/results/runtime_agreement.json
+
+Rows: PyTorch fp32, PyTorch as the bundle runs it (bf16 weights, BN folded, channels-last: "the PyTorch path"),
+OpenVINO with the bf16 hint and in f32, and the INT8 model (``medattn3d export --format openvino-int8``, exported
+here into a temporary folder from the same weights, calibrated on ``--calibration-patches`` training patches) with
+the bf16 and f32 hints for its layers left in floating point. For each: argmax agreement with the PyTorch path and
+with PyTorch fp32 over every voxel of every validation volume (network space), the largest softmax-probability
+difference, Dice per class against the truth (MONAI ``DiceMetric``, background excluded, mean over volumes), and
+the median seconds per volume (network + sliding window; preprocessing is the same for all and left out) with the
+speed-up over the PyTorch path. Targets (issue 12): agreement >= 0.999; INT8 Dice within 0.005 of fp32 per class.
+
+All runtimes run in this one process, one after another, each warmed up on the first volume first; timings are
+medians of ``--repeats`` runs per volume. On a machine shared with other jobs they are noisy: compare the ratios of
+one run, not figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, print_table, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = "PyTorch (bundle path)"
+RUNTIMES = (  # (row name, runtime, precision)
+    ("PyTorch fp32", "torch", "fp32"),
+    (REFERENCE, "torch", "auto"),
+    ("OpenVINO bf16 hint", "openvino", "bf16"),
+    ("OpenVINO f32", "openvino", "fp32"),
+    ("OpenVINO INT8 (bf16 hint)", "openvino-int8", "bf16"),
+    ("OpenVINO INT8 (f32 hint)", "openvino-int8", "fp32"),
+)
+
+
+def bundle_parts(bundle: Path) -> tuple[Any, list[dict], dict[str, str]]:
+    """The parsed ``train.json`` (validation preprocessing and data), the preprocessed validation cases and the class
+    names."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "$torch.device('cpu')"
+    preprocessing = parser.get_parsed_content("validate#preprocessing")
+    cases = [preprocessing(item) for item in parser.get_parsed_content("validate#dataset#data")]
+    names = {str(k): str(v) for k, v in parser.get_parsed_content("class_names").items()}
+    return parser, cases, names
+
+
+def runtime_network(bundle: Path, weights: Path, runtime: str, precision: str, ir_path: Path) -> torch.nn.Module:
+    """The bundle's network with ``weights``, prepared for ``runtime`` as ``medattn3d infer`` prepares it."""
+    from medattn3d.engine import prepare_for_inference
+    from medattn3d.engine.runner import bundle_config
+    from medattn3d.training import load_weights
+
+    network = bundle_config(bundle, {"device": "$torch.device('cpu')"}).get_parsed_content("network_def")
+    load_weights(network, weights)
+    return prepare_for_inference(network, precision, torch.device("cpu"), runtime=runtime, ir_path=ir_path)
+
+
+def inferer_for(parser: Any, precision: str, runtime: str) -> Any:
+    """The bundle's validation sliding-window inferer with ``precision`` (channels-last only for PyTorch)."""
+    from medattn3d.engine import PrecisionInferer
+
+    inner = parser.get_parsed_content("validate#inferer").inferer
+    return PrecisionInferer(inner, precision, channels_last=runtime == "torch")
+
+
+def run_runtime(network: Any, inferer: Any, cases: list[dict], repeats: int) -> tuple[list[torch.Tensor], float]:
+    """Logits per case and the median seconds per volume (each case timed ``repeats`` times after one warm-up)."""
+    import statistics
+
+    logits, seconds = [], []
+    with torch.inference_mode():
+        inferer(cases[0]["image"][None], network)  # conversion / compilation / first-call allocations
+        for case in cases:
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                out = inferer(case["image"][None], network)
+                times.append(time.perf_counter() - start)
+            logits.append(out[0].float())
+            seconds.append(statistics.median(times))
+    return logits, statistics.median(seconds)
+
+
+def dice_per_class(logits: list[torch.Tensor], cases: list[dict], num_classes: int) -> list[float]:
+    """Mean Dice over the cases per foreground class (MONAI ``DiceMetric``, as the bundle's validation computes)."""
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    metric = DiceMetric(include_background=False, reduction="mean_batch")
+    for out, case in zip(logits, cases, strict=True):
+        pred = one_hot(out.argmax(0, keepdim=True)[None], num_classes)
+        metric(pred, one_hot(case["label"][None].long(), num_classes))
+    return [float(v) for v in metric.aggregate()]
+
+
+def compare(logits: list[torch.Tensor], reference: list[torch.Tensor]) -> dict[str, float]:
+    """Argmax agreement over all voxels and the largest softmax-probability difference."""
+    same = sum(int((a.argmax(0) == b.argmax(0)).sum()) for a, b in zip(logits, reference, strict=True))
+    total = sum(a[0].numel() for a in logits)
+    largest = max(float((a.softmax(0) - b.softmax(0)).abs().max()) for a, b in zip(logits, reference, strict=True))
+    return {"agreement": same / total, "max_prob_diff": largest, "voxels": total}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default=str(ROOT / "bundles" / "attention_unet_3d"))
+    parser.add_argument("--calibration-patches", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per volume and runtime")
+    parser.add_argument("--ir", help="an existing INT8 model_int8.xml of these weights (default: export one here)")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    from medattn3d.engine import tune_cpu_allocator
+    from medattn3d.engine.quantize import export_int8
+
+    bundle = Path(args.bundle).resolve()
+    weights = bundle / "models" / "model.pt"
+    if not weights.is_file():
+        print(
+            f"error: {weights}: no trained weights; run `medattn3d demo` (or `medattn3d train`) first", file=sys.stderr
+        )
+        return 2
+    tune_cpu_allocator()
+    config, cases, names = bundle_parts(bundle)
+    num_classes = len(names)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_s = None
+        ir_path = Path(args.ir) if args.ir else Path(tmp) / "model_int8.xml"
+        if not args.ir:
+            start = time.perf_counter()
+            export_int8(bundle, weights, ir_path, args.calibration_patches)
+            export_s = time.perf_counter() - start
+        outputs, rows = {}, []
+        for name, runtime, precision in RUNTIMES:
+            network = runtime_network(bundle, weights, runtime, precision, ir_path)
+            logits, seconds = run_runtime(network, inferer_for(config, precision, runtime), cases, args.repeats)
+            outputs[name] = logits
+            dice = dice_per_class(logits, cases, num_classes)
+            rows.append(
+                {
+                    "runtime": name,
+                    "median_s_per_volume": seconds,
+                    "dice": dict(zip(list(names.values())[1:], dice, strict=True)),
+                }
+            )
+            print(f"{name}: {seconds:.3f} s per volume, mean Dice {sum(dice) / len(dice):.4f}", flush=True)
+    reference_s = next(r["median_s_per_volume"] for r in rows if r["runtime"] == REFERENCE)
+    fp32 = next(r for r in rows if r["runtime"] == "PyTorch fp32")
+    for row in rows:
+        vs_path, vs_fp32 = (
+            compare(outputs[row["runtime"]], outputs[REFERENCE]),
+            compare(outputs[row["runtime"]], outputs["PyTorch fp32"]),
+        )
+        row.update(
+            {
+                "agreement_vs_pytorch_path": vs_path["agreement"],
+                "max_prob_diff_vs_pytorch_path": vs_path["max_prob_diff"],
+                "agreement_vs_fp32": vs_fp32["agreement"],
+                "max_prob_diff_vs_fp32": vs_fp32["max_prob_diff"],
+                "speedup_vs_pytorch_path": reference_s / row["median_s_per_volume"],
+                "max_dice_delta_vs_fp32": max(abs(row["dice"][c] - fp32["dice"][c]) for c in row["dice"]),
+                "mean_dice": sum(row["dice"].values()) / len(row["dice"]),
+            }
+        )
+    print_table(
+        rows,
+        [
+            "runtime",
+            "median_s_per_volume",
+            "speedup_vs_pytorch_path",
+            "agreement_vs_pytorch_path",
+            "max_prob_diff_vs_pytorch_path",
+            "mean_dice",
+            "max_dice_delta_vs_fp32",
+        ],
+    )
+    int8 = [r for r in rows if "INT8" in r["runtime"]]
+    targets = {
+        "agreement_at_least_0.999": {r["runtime"]: r["agreement_vs_pytorch_path"] >= 0.999 for r in rows},
+        "int8_dice_within_0.005_of_fp32": {r["runtime"]: r["max_dice_delta_vs_fp32"] <= 0.005 for r in int8},
+    }
+    print(f"targets: {targets}")
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "bundle": bundle.name,
+            "weights_mtime": time.strftime("%Y-%m-%d %H:%M", time.localtime(weights.stat().st_mtime)),
+            "validation_volumes": [Path(str(c["image"].meta.get("filename_or_obj", ""))).name for c in cases],
+            "voxels": sum(c["image"][0].numel() for c in cases),
+            "shapes": [list(c["image"].shape[1:]) for c in cases],
+            "int8_export_s": export_s,
+            "calibration_patches": args.calibration_patches,
+            "repeats": args.repeats,
+            "rows": rows,
+            "targets": targets,
+            "note": "one process, runtimes one after another; shared machine, timings noisy: compare ratios",
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
