@@ -49,6 +49,7 @@ def common_facts(template: Template, values: Mapping[str, Any], source: DataSour
         "fold": source.fold,
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "precision": values["precision"],
+        "runtime": values["runtime"],
         "channels_last": True,
         "spatial_dims": template.spatial_dims,
         "in_channels": values["in_channels"],
@@ -108,7 +109,8 @@ def precision_inferer(inner: dict[str, Any]) -> dict[str, Any]:
 
 def load_weights(path: str) -> list[dict[str, Any]]:
     """Handlers that load the trained weights (one-line error when they do not fit) and prepare the network for
-    inference (BatchNorm folding, bf16 weights where the precision says so)."""
+    inference (BatchNorm folding, bf16 weights where the precision says so) or hand it to the bundle's ``runtime``
+    (OpenVINO, ONNX Runtime, the INT8 IR that ``medattn3d export --format openvino-int8`` writes)."""
     return [
         {
             "_target_": "medattn3d.training.LoadWeights",
@@ -121,6 +123,8 @@ def load_weights(path: str) -> list[dict[str, Any]]:
             "network": "@network",
             "precision": "@precision",
             "channels_last": "@channels_last",
+            "runtime": "@runtime",
+            "ir_path": "$os.path.join(@ckpt_dir, 'model_int8.xml')",
         },
     ]
 

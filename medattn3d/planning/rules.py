@@ -90,7 +90,16 @@ def plannable_keys(template: Template) -> list[str]:
         "roi_size",
     ]
     keys += list(template.architecture.topology_keys)
-    keys += ["num_samples", "sw_batch_size", "max_epochs", "val_interval", "learning_rate", "overlap", "precision"]
+    keys += [
+        "num_samples",
+        "sw_batch_size",
+        "max_epochs",
+        "val_interval",
+        "learning_rate",
+        "overlap",
+        "precision",
+        "runtime",
+    ]
     return keys
 
 
@@ -330,9 +339,14 @@ def sample_rules(
     plan.set("sw_batch_size", samples, "= num_samples", overrides)
 
 
+DEFAULT_RUNTIME = "torch"
+RUNTIME_RULE = "PyTorch; 'auto' serves inference with OpenVINO on a CPU where it is installed"
+
+
 def schedule_rules(plan: Plan, template: Template, num_training: int, overrides: Mapping[str, Any]) -> None:
     """``max_epochs``: enough epochs for ~640 steps (one step per training case per epoch), at least 40;
-    ``val_interval``: 8 validations per run; ``learning_rate``, ``overlap``, ``precision``: the template's."""
+    ``val_interval``: 8 validations per run; ``learning_rate``, ``overlap``, ``precision``: the template's;
+    ``runtime``: the inference runtime (:data:`DEFAULT_RUNTIME`, see medattn3d.engine.backends)."""
     epochs = max(MIN_EPOCHS, math.ceil(TARGET_ITERATIONS / max(num_training, 1)))
     epochs = plan.set(
         "max_epochs", epochs, f"max({MIN_EPOCHS}, ceil({TARGET_ITERATIONS} steps / training cases))", overrides
@@ -341,6 +355,7 @@ def schedule_rules(plan: Plan, template: Template, num_training: int, overrides:
     plan.set("learning_rate", template.architecture.learning_rate, "the template's (AdamW, cosine decay)", overrides)
     plan.set("overlap", 0.25, "the template's sliding-window overlap", overrides)
     plan.set("precision", "auto", "bf16 where the hardware has fast bf16, else fp32 (decided at run time)", overrides)
+    plan.set("runtime", DEFAULT_RUNTIME, RUNTIME_RULE, overrides)
 
 
 # --- the whole plan ---------------------------------------------------------------------------------------------
