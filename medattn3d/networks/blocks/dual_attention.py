@@ -48,8 +48,25 @@ class PositionAttention(nn.Module):
         else:
             q = q.contiguous()
             k = k.contiguous()
-        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0)
+        if not torch.jit.is_scripting() and torch.is_grad_enabled() and x.device.type == "cpu":
+            if q.dtype in (torch.bfloat16, torch.float16):
+                out = self._product_in_fp32(q, k, v)
+            else:
+                out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0)
+        else:
+            out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0)
         return out.squeeze(1).transpose(1, 2).reshape([batch, channels] + list(x.shape[2:]))
+
+    @torch.jit.unused
+    def _product_in_fp32(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The attention product in fp32 outside autocast, result in the inputs' dtype. For CPU training only:
+        PyTorch's fused CPU kernel computes its bf16 backward about 5x slower than its fp32 one (measured at 24^3
+        positions), so fp32 is both faster and more accurate there; inference keeps the faster bf16 forward."""
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(
+                q.float().unsqueeze(1), k.float().unsqueeze(1), v.float().unsqueeze(1), scale=1.0
+            )
+        return out.to(q.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gamma * self.attend(x) + x
