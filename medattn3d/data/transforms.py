@@ -12,6 +12,7 @@ from monai.transforms import (
     EnsureTyped,
     NormalizeIntensityd,
     Orientationd,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
@@ -72,6 +73,7 @@ def segmentation_transforms(
     num_classes: int | None = None,
     num_samples: int = 2,
     pos_neg: Sequence[float] = (1.0, 1.0),
+    crop_ratios: Sequence[float] | None = None,
     flip_axes: Sequence[int] = (),
     rotate90: bool = False,
     min_size: int = 4,
@@ -88,8 +90,10 @@ def segmentation_transforms(
     :mod:`medattn3d.data.normalization`), else from ``modality`` (:func:`intensity_transforms`). An image may be
     one file (a 4D NIfTI holds its channels on the last axis) or a list of files, one per channel.
 
-    ``train`` adds padding to the patch size, foreground-aware random patches (``RandCropByPosNegLabeld``), optional
-    flips/rot90 and random intensity scale/shift. ``val`` keeps the whole labelled volume (for sliding-window
+    ``train`` adds padding to the patch size, foreground-aware random patches (``RandCropByPosNegLabeld``; or, with
+    ``crop_ratios`` (one weight per class, background first), patches centred on a class drawn with those weights:
+    MONAI's ``RandCropByLabelClassesd``, so rare small classes are seen as often as large ones), optional flips/rot90
+    and random intensity scale/shift. ``val`` keeps the whole labelled volume (for sliding-window
     evaluation); ``infer`` the same for the image alone (and is the pipeline
     :func:`medattn3d.outputs.prediction.prediction_writer` inverts).
 
@@ -132,18 +136,7 @@ def segmentation_transforms(
         patch = list(roi_size) if spatial_dims == 3 else [*roi_size, 1]
         steps += [
             SpatialPadd(keys, spatial_size=patch),
-            RandCropByPosNegLabeld(
-                keys,
-                label_key=label_key,
-                spatial_size=patch,
-                pos=pos_neg[0],
-                neg=pos_neg[1],
-                num_samples=num_samples,
-                # negatives where the [0, 1]-scaled image is above 0 (not air); planned z-scores are negative
-                # in half the body, so with a plan negatives come from anywhere the label is background
-                image_key=image_key if normalization is None else None,
-                image_threshold=0.0,
-            ),
+            _patch_sampler(keys, label_key, image_key, patch, num_samples, pos_neg, crop_ratios, normalization),
         ]
         if spatial_dims == 2:
             steps.append(SqueezeDimd(keys, dim=-1))
@@ -156,6 +149,41 @@ def segmentation_transforms(
         ]
     steps.append(EnsureTyped(keys, track_meta=True))
     return Compose(steps)
+
+
+def _patch_sampler(
+    keys: list[str],
+    label_key: str,
+    image_key: str,
+    patch: list[int],
+    num_samples: int,
+    pos_neg: Sequence[float],
+    crop_ratios: Sequence[float] | None,
+    normalization: Sequence[dict] | None,
+) -> Transform:
+    """The training patch sampler: class-balanced when ``crop_ratios`` are given, else foreground/background."""
+    if crop_ratios is not None:
+        return RandCropByLabelClassesd(
+            keys,
+            label_key=label_key,
+            spatial_size=patch,
+            ratios=list(crop_ratios),
+            num_classes=len(crop_ratios),
+            num_samples=num_samples,
+            warn=False,  # a class absent from a case is simply not drawn there
+        )
+    return RandCropByPosNegLabeld(
+        keys,
+        label_key=label_key,
+        spatial_size=patch,
+        pos=pos_neg[0],
+        neg=pos_neg[1],
+        num_samples=num_samples,
+        # negatives where the [0, 1]-scaled image is above 0 (not air); planned z-scores are negative
+        # in half the body, so with a plan negatives come from anywhere the label is background
+        image_key=image_key if normalization is None else None,
+        image_threshold=0.0,
+    )
 
 
 def ct_transforms(stage: str = "train", **kwargs) -> Compose:

@@ -151,6 +151,7 @@ def train_config(template: Template, values: Mapping[str, Any], source: DataSour
         "resume": True,
         "seed": 0,
         "num_samples": values["num_samples"],
+        "crop_ratios": values["crop_ratios"],
         "max_epochs": values["max_epochs"],
         "val_interval": values["val_interval"],
         "learning_rate": values["learning_rate"],
@@ -169,7 +170,9 @@ def train_config(template: Template, values: Mapping[str, Any], source: DataSour
             "T_max": "@max_epochs",
         },
         "train": {
-            "preprocessing": preprocessing("train", num_classes="@num_classes", num_samples="@num_samples"),
+            "preprocessing": preprocessing(
+                "train", num_classes="@num_classes", num_samples="@num_samples", crop_ratios="@crop_ratios"
+            ),
             "dataset": {
                 "_target_": "CacheDataset",
                 "data": _datalist("training"),

@@ -92,6 +92,7 @@ def plannable_keys(template: Template) -> list[str]:
     keys += list(template.architecture.topology_keys)
     keys += [
         "num_samples",
+        "crop_ratios",
         "sw_batch_size",
         "max_epochs",
         "val_interval",
@@ -323,7 +324,8 @@ def sample_rules(
     """``num_samples`` (patches per volume per step): 2 in 3D (nnU-Net's 3D batch: the patch takes the memory); in
     2D as many as the memory budget allows, at most 5 % of the dataset's voxels per step and 8 (CPU) / 32 (GPU),
     at least 2. ``sw_batch_size`` = ``num_samples`` (inference keeps no activations for backward, so a training
-    batch's worth of windows always fits)."""
+    batch's worth of windows always fits). ``crop_ratios``: one weight per class, all equal (class-balanced
+    patch centres, as nnU-Net oversamples foreground classes)."""
     if template.spatial_dims == 3:
         samples, rule = 2, "2 patches per step in 3D"
     else:
@@ -337,6 +339,14 @@ def sample_rules(
         )
     samples = plan.set("num_samples", samples, rule, overrides)
     plan.set("sw_batch_size", samples, "= num_samples", overrides)
+    classes = int(plan.values["num_classes"])
+    plan.set(
+        "crop_ratios",
+        [1] * classes,
+        "class-balanced patches: each class (background too) is a patch centre equally often, so small rare classes"
+        " are seen as often as large organs",
+        overrides,
+    )
 
 
 DEFAULT_RUNTIME = "torch"

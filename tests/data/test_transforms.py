@@ -90,3 +90,34 @@ def test_presets_build_from_a_bundle_config(tmp_path, ct_pair):
     parser.read_config(str(tmp_path / "c.json"))
     out = parser.get_parsed_content("preprocessing")({"image": ct_pair["image"]})
     assert out["image"].shape == (1, 48, 40, 24)
+
+
+def test_class_balanced_crops_centre_on_the_drawn_class(tmp_path):
+    """With crop_ratios every patch is centred on a voxel of a class drawn by those weights: weight only on a
+    tiny class means every patch holds it at its centre, though it is 0.02 % of the volume."""
+    image = np.random.default_rng(0).normal(40, 10, (64, 64, 32)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[10:50, 10:50, 5:25] = 1  # a large organ
+    label[30:32, 40:42, 20:22] = 2  # a lesion of 8 voxels
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    data = {
+        "image": str(save_nifti(image, affine, tmp_path / "i.nii.gz")),
+        "label": str(save_nifti(label, affine, tmp_path / "l.nii.gz")),
+    }
+    pipeline = segmentation_transforms(
+        "train",
+        "ct",
+        3,
+        roi_size=(16, 16, 8),
+        pixdim=None,
+        axcodes=None,
+        num_classes=3,
+        num_samples=6,
+        crop_ratios=[0, 0, 1],
+    )
+    pipeline.set_random_state(0)
+    patches = pipeline(data)
+    assert len(patches) == 6
+    for patch in patches:
+        centre = patch["label"][0, 8, 8, 4]
+        assert int(centre) == 2
