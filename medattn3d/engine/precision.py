@@ -11,6 +11,7 @@ convolutions on inputs shallower than their kernel run in fp32 (:mod:`medattn3d.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -217,26 +218,58 @@ def check_precision(precision: str) -> str:
 
 
 def fold_batch_norm(network: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm that directly follows a (non-transposed) convolution in a MONAI
-    ``Convolution`` block into that convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``), in place, and drop
-    the norm layer.
+    """Fold every eval-mode BatchNorm that directly follows a (non-transposed) convolution into that convolution
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``), in place, and drop the norm layer.
 
-    Inference only: the folded network computes the same function in ``eval()`` with one memory pass less per
-    convolution, but can no longer be trained (the batch statistics are gone). Returns ``network``.
+    The pairs it knows: MONAI ``Convolution`` blocks (``conv`` then ``adn.N``), adjacent convolution/BatchNorm
+    entries of an ``nn.Sequential`` (ResNet downsample paths), and ``convK``/``bnK`` attributes of MONAI's ResNet
+    stem and blocks (whose forward applies ``bnK`` right after ``convK``). Inference only: the folded network
+    computes the same function in ``eval()`` with one memory pass less per convolution, but can no longer be
+    trained (the batch statistics are gone). Returns ``network``.
     """
     from monai.networks.blocks import Convolution
+    from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
+
+    for block in list(network.modules()):
+        if isinstance(block, Convolution) and hasattr(block, "adn") and hasattr(block.adn, "N"):
+            if _foldable(block.conv, block.adn.N):
+                block.conv = _fuse(block.conv, block.adn.N)
+                block.adn.N = nn.Identity()
+        elif isinstance(block, nn.Sequential):
+            names = list(block._modules)
+            for first, second in itertools.pairwise(names):
+                if _foldable(block._modules[first], block._modules[second]):
+                    block._modules[first] = _fuse(block._modules[first], block._modules[second])
+                    block._modules[second] = nn.Identity()
+        elif isinstance(block, (ResNet, ResNetBlock, ResNetBottleneck)):
+            for k in (1, 2, 3):
+                conv, norm = getattr(block, f"conv{k}", None), getattr(block, f"bn{k}", None)
+                if _foldable(conv, norm):
+                    setattr(block, f"conv{k}", _fuse(conv, norm))
+                    setattr(block, f"bn{k}", nn.Identity())
+    return network
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _foldable(conv: Any, norm: Any) -> bool:
+    """An eval-mode plain convolution followed by an eval-mode BatchNorm over its output channels."""
+    return (
+        isinstance(conv, _CONVS)
+        and isinstance(norm, _BATCH_NORMS)
+        and not conv.training
+        and not norm.training
+        and norm.num_features == conv.out_channels
+        and norm.track_running_stats
+    )
+
+
+def _fuse(conv: nn.Module, norm: nn.Module) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-    for block in network.modules():
-        if not isinstance(block, Convolution) or not hasattr(block, "adn") or not hasattr(block.adn, "N"):
-            continue
-        conv, norm = block.conv, block.adn.N
-        if not isinstance(norm, batch_norms) or getattr(conv, "transposed", False) or norm.training or conv.training:
-            continue
-        block.conv = fuse_conv_bn_eval(conv, norm)
-        block.adn.N = nn.Identity()
-    return network
+    return fuse_conv_bn_eval(conv, norm)
 
 
 def make_conv_activations_inplace(network: nn.Module) -> nn.Module:

@@ -89,6 +89,22 @@ def test_folding_batch_norm_keeps_the_eval_output(net3d):
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in net3d.modules())
 
 
+def test_folding_reaches_the_resnet_backbone_of_the_guided_network():
+    net = _guided_net(3)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
+            torch.nn.init.uniform_(module.running_var, 0.5, 2.0)
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+        prepare_for_inference(net, precision="fp32", channels_last=False)
+        got = net(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
+    assert torch.allclose(got, expected, atol=1e-4 * expected.abs().max())
+
+
 def test_prepare_handler_runs_once_when_the_engine_starts(net3d):
     from ignite.engine import Engine
 
