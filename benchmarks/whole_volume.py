@@ -11,6 +11,12 @@ channels-last, BatchNorm folded into the convolutions, in-place activations, bf1
 peer = monai.networks.nets.AttentionUnet at the same widths in fp32 (MONAI's default), default allocator; a third
 row gives the peer our allocator setting too, to show that setting's share. Weights are random: this measures speed,
 not accuracy. Each pipeline runs in a fresh process.
+
+Two more peers and two more rows of ours: MONAI's AttentionUnet under bf16 autocast + channels-last (the two lines a
+MONAI user can add), and ours as ``medattn3d infer`` runs it end to end (one command from a shell: process start,
+imports, bundle parse, network build and weight preparation, header check, then the same steps) with the PyTorch
+runtime and with ``--runtime auto`` (OpenVINO where installed), on a copy of the shipped 3D bundle given the same
+network, window and spacing as the other rows (``--set`` of roi_size/pixdim and a 96^3-window topology).
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ from common import machine, peak_rss_bytes, print_table, run_case_in_subprocess,
 CHANNELS = (16, 32, 64, 128, 256)
 # (pipeline, glibc allocator setting): the peer as MONAI runs it, ours as our CLI and bundles run it, and the peer
 # given our allocator setting too, so the share of the speed-up that setting brings is visible
-PIPELINES = (("MONAI AttentionUnet", False), ("ours", True), ("MONAI AttentionUnet", True))
+PIPELINES = (
+    ("MONAI AttentionUnet", False),
+    ("ours", True),
+    ("MONAI AttentionUnet", True),
+    ("MONAI AttentionUnet bf16 + channels-last", False),
+)
+CLI_RUNTIMES = ("torch", "auto")
 
 
 def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
@@ -71,6 +83,8 @@ def run_pipeline(case: dict) -> dict:
     else:
         network = AttentionUnet(3, 1, 4, channels=CHANNELS, strides=(2, 2, 2, 2)).eval()
         inferer = SlidingWindowInferer((96, 96, 96), sw_batch_size=1, overlap=0.25, mode="gaussian")
+        if "bf16" in case["pipeline"]:
+            inferer = PrecisionInferer(inferer, precision="bf16", channels_last=True)
     start = time.perf_counter()
     preprocessing = ct_transforms("infer", pixdim=(1.5, 1.5, 2.0))
     data = preprocessing({"image": case["input"]})
@@ -88,6 +102,46 @@ def run_pipeline(case: dict) -> dict:
         "peak_rss_mib": peak_rss_bytes() / 2**20,
         "preprocessed_shape": list(data["image"].shape[1:]),
     }
+
+
+def make_cli_bundle(target: Path) -> Path:
+    """A copy of the shipped 3D Attention U-Net bundle with the other rows' network, window, spacing and CT window,
+    and random weights."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from medattn3d.bundles import shipped_bundles_dir
+
+    shutil.copytree(
+        shipped_bundles_dir() / "attention_unet_3d", target, ignore=shutil.ignore_patterns("models", "eval")
+    )
+    for name in ("inference.json", "train.json"):
+        path = target / "configs" / name
+        config = json.loads(path.read_text())
+        config["network_def"].update({"channels": list(CHANNELS), "strides": [2, 2, 2, 2]})
+        config.update({"roi_size": [96, 96, 96], "pixdim": [1.5, 1.5, 2.0], "sw_batch_size": 1, "num_classes": 4})
+        config["class_names"] = {str(i): name for i, name in enumerate(["background", "liver", "spleen", "kidney"])}
+        path.write_text(json.dumps(config, indent=4))
+    parser = ConfigParser()
+    parser.read_config(str(target / "configs" / "inference.json"))
+    (target / "models").mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), target / "models" / "model.pt")
+    return target
+
+
+def run_cli(bundle: Path, volume: Path, output: Path, runtime: str) -> dict:
+    """Wall time of one ``medattn3d infer`` command, as a user runs it."""
+    import subprocess
+
+    command = [str(Path(sys.executable).parent / "medattn3d"), "infer", "--bundle", str(bundle)]
+    command += ["-i", str(volume), "-o", str(output), "--runtime", runtime, "--quiet"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    total = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "medattn3d infer failed")
+    return {"total_s": total}
 
 
 def main() -> None:
@@ -119,8 +173,19 @@ def main() -> None:
             row["voxels_per_s"] = voxels / row["total_s"]
             rows.append(row)
             print(f"{label}: {row['total_s']:.1f} s", flush=True)
+        bundle = make_cli_bundle(work / "bundle")
+        for runtime in CLI_RUNTIMES:
+            label = f"ours, `medattn3d infer --runtime {runtime}` end to end"
+            row = {"pipeline": label, **run_cli(bundle, volume, work / f"cli_{runtime}", runtime)}
+            row["voxels_per_s"] = voxels / row["total_s"]
+            rows.append(row)
+            print(f"{label}: {row['total_s']:.1f} s", flush=True)
+        bf16_peer = next(r for r in rows if "bf16" in r["pipeline"])
         for row in rows[1:]:
             row["speedup"] = row["voxels_per_s"] / rows[0]["voxels_per_s"]
+            row["speedup_vs_bf16_peer"] = row["voxels_per_s"] / bf16_peer["voxels_per_s"]
+        ours = next(r for r in rows if r["pipeline"] == "ours")
+        ours["io_share"] = (ours["load_preprocess_s"] + ours["invert_save_s"]) / ours["total_s"]
         print(f"\nvolume {'x'.join(map(str, args.shape))} ({voxels / 1e6:.1f} M voxels), {machine()}")
         print_table(
             rows,
@@ -133,6 +198,7 @@ def main() -> None:
                 "voxels_per_s",
                 "peak_rss_mib",
                 "speedup",
+                "speedup_vs_bf16_peer",
             ],
         )
         write_json(args.json, {"benchmark": "whole_volume", "machine": machine(), "shape": args.shape, "rows": rows})
