@@ -121,7 +121,7 @@ def run_case(case: dict) -> dict:
     import medattn3d.outputs  # noqa: F401
     from medattn3d.planning import fingerprint
 
-    cases = json.loads(Path(case["datalist"]).read_text())
+    cases = json.loads(Path(case["datalist"]).read_text(encoding="utf-8"))
     cache = Path(case["cache"]) if case.get("cache") else None
     workers = case["workers"]
     sampler = Sampler()

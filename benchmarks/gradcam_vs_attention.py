@@ -66,7 +66,7 @@ def class_names_of(parser: ConfigParser, num_classes: int) -> dict[int, str]:
     else:
         datalist = Path(parser.get_parsed_content("datalist"))
         if datalist.is_file():
-            names = json.loads(datalist.read_text()).get("labels", {})
+            names = json.loads(datalist.read_text(encoding="utf-8")).get("labels", {})
     return {c: str(names.get(str(c), names.get(c, f"class {c}"))) for c in range(num_classes)}
 
 

@@ -26,11 +26,11 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> str:
 
 
 def _rows(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["rows"]
+    return json.loads(path.read_text(encoding="utf-8"))["rows"]
 
 
 def network_step(path: Path) -> str:
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     header = ["mode", "network", "precision", "layout", "median s", "speed-up vs MONAI AttentionUnet fp32"]
     header += ["peak MiB", "GFLOP", "GFLOP/s"]
     rows = (
@@ -59,7 +59,7 @@ def position_attention(path: Path) -> str:
 
 
 def whole_volume(path: Path) -> str:
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     header = ["pipeline", "total s", "load + preprocess s", "inference s", "invert + save s", "voxels/s"]
     rows = (
         [r["pipeline"], _fmt(r["total_s"], 1), _fmt(r["load_preprocess_s"], 1), _fmt(r["infer_s"], 1)]

@@ -117,7 +117,7 @@ def make_cli_bundle(target: Path) -> Path:
     )
     for name in ("inference.json", "train.json"):
         path = target / "configs" / name
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
         config["network_def"].update({"channels": list(CHANNELS), "strides": [2, 2, 2, 2]})
         config.update({"roi_size": [96, 96, 96], "pixdim": [1.5, 1.5, 2.0], "sw_batch_size": 1, "num_classes": 4})
         config["class_names"] = {str(i): name for i, name in enumerate(["background", "liver", "spleen", "kidney"])}

@@ -72,7 +72,7 @@ def _user_copy(name: str, source: Path) -> Path:
     or written by another package version. ``models/`` and run outputs in the copy are kept."""
     target = home_dir() / "bundles" / name
     stamp = target / VERSION_STAMP
-    if stamp.is_file() and stamp.read_text().strip() == __version__ and (target / "configs").is_dir():
+    if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == __version__ and (target / "configs").is_dir():
         return target
     target.mkdir(parents=True, exist_ok=True)
     for part in SHIPPED_PARTS:
@@ -86,7 +86,7 @@ def _user_copy(name: str, source: Path) -> Path:
         elif src.is_file():
             shutil.copy2(src, dst)
     (target / "models").mkdir(exist_ok=True)
-    stamp.write_text(__version__ + "\n")
+    stamp.write_text(__version__ + "\n", encoding="utf-8")
     return target
 
 
@@ -190,7 +190,7 @@ def run_bundle(bundle: Path, configs: list[str], quiet: bool = True, **overrides
 
 def read_config(bundle: Path, config: str = "inference.json") -> dict[str, Any]:
     """A bundle config as plain JSON (for looking up literal values such as ``num_classes``)."""
-    return json.loads((bundle / "configs" / config).read_text())
+    return json.loads((bundle / "configs" / config).read_text(encoding="utf-8"))
 
 
 def bundle_config(bundle: Path, overrides: dict[str, Any] | None = None) -> Any:
@@ -213,7 +213,7 @@ def bundle_class_names(bundle: Path, overrides: dict[str, Any] | None = None) ->
         return {str(k): str(v) for k, v in names.items()}
     try:
         datalist = Path(parser.get_parsed_content("datalist"))
-        return {str(k): str(v) for k, v in json.loads(datalist.read_text()).get("labels", {}).items()}
+        return {str(k): str(v) for k, v in json.loads(datalist.read_text(encoding="utf-8")).get("labels", {}).items()}
     except Exception:  # no datalist (yet): the CSV's own names are printed
         print(f"note: no class names in {bundle} or its datalist", file=sys.stderr)
         return {}

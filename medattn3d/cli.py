@@ -237,7 +237,7 @@ def explain(
     from medattn3d.explain import summary_lines
 
     output_dir = Path(overrides.get("output_dir", bundle / "explain"))
-    print("\n".join(summary_lines(json.loads((output_dir / "attention_summary.json").read_text()))))
+    print("\n".join(summary_lines(json.loads((output_dir / "attention_summary.json").read_text(encoding="utf-8")))))
 
 
 def export(

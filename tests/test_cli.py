@@ -118,7 +118,7 @@ def test_check_data_subcommand(tmp_path, capsys):
 
     manifest = generate_demo_dataset(tmp_path, num_train=1, num_val=1, num_test=0, shape=(32, 32, 16))
     assert cli.main(["check-data", str(manifest)]) == 0
-    data = json.loads(manifest.read_text())
+    data = json.loads(manifest.read_text(encoding="utf-8"))
     (tmp_path / data["training"][0]["label"]).unlink()
     assert cli.main(["check-data", str(manifest)]) == 1
     assert "file not found" in capsys.readouterr().out

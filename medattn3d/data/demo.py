@@ -253,7 +253,7 @@ def generate_demo_dataset(
         "version": GENERATOR_VERSION,
     }
     if manifest_path.is_file():
-        existing = json.loads(manifest_path.read_text())
+        existing = json.loads(manifest_path.read_text(encoding="utf-8"))
         if existing.get("generator_settings") == settings:
             return manifest_path
     for sub in ("imagesTr", "labelsTr", "imagesTs"):

@@ -32,7 +32,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "manifest not found")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(path, f"is not valid JSON ({err})") from err
     if not isinstance(manifest, dict) or "labels" not in manifest or "modality" not in manifest:

@@ -51,7 +51,7 @@ def write_mni152_tissue_demo(root: str | Path, resolution: int = 2) -> Path:
         "test": [],
     }
     path = root / "dataset.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path
 
 

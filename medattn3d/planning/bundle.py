@@ -88,7 +88,7 @@ def _check_out(out: Path, datalist: str) -> None:
     plan_file = out / "plan.json"
     if plan_file.is_file():
         try:
-            previous = json.loads(plan_file.read_text())
+            previous = json.loads(plan_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             previous = {}
         if previous.get("dataset", {}).get("datalist") == datalist:
@@ -204,7 +204,7 @@ def build_bundle(
         for relative, text in files.items():
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            path.write_text(text, encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
         _install(staging, out)
     finally:

@@ -270,7 +270,7 @@ def _read_cache(cache_file: Path | None) -> dict[str, Any]:
     if cache_file is None or not Path(cache_file).is_file():
         return {}
     try:
-        data = json.loads(Path(cache_file).read_text())
+        data = json.loads(Path(cache_file).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}  # a damaged cache is only lost time: recompute
     if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT or data.get("samples") != SAMPLES_PER_CASE:

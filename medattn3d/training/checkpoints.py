@@ -48,7 +48,7 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -132,7 +132,7 @@ class BestModelSaver:
         self.per_class_metric = per_class_metric
         self.best = float("-inf")
         if resume and self.metric_path.is_file() and self.model_path.is_file():
-            self.best = float(json.loads(self.metric_path.read_text())["value"])
+            self.best = float(json.loads(self.metric_path.read_text(encoding="utf-8"))["value"])
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -153,7 +153,7 @@ class BestModelSaver:
 
     def _write_eval_metrics(self, engine: Engine, name: str, value: float) -> None:
         """``eval_metrics`` of the bundle's metadata: the key metric and the per-class Dice under class names."""
-        metadata = json.loads(self.metadata_file.read_text())
+        metadata = json.loads(self.metadata_file.read_text(encoding="utf-8"))
         metrics: dict[str, Any] = {name: round(value, 4), "epoch": int(engine.state.epoch)}
         per_class = engine.state.metrics.get(self.per_class_metric)
         if per_class is not None:

@@ -167,7 +167,7 @@ def dice_table(eval_dir: Path, class_names: dict[str, str]) -> list[tuple[str, f
     """Per-class mean Dice from MONAI's ``MetricsSaver`` summary CSV (``val_mean_dice_summary.csv``), named by
     ``class_names`` (``{"1": "liver", ...}``; the metric leaves out the background, so its ``class0`` is label 1)."""
     rows: list[tuple[str, float]] = []
-    with open(eval_dir / "val_mean_dice_summary.csv") as stream:
+    with open(eval_dir / "val_mean_dice_summary.csv", encoding="utf-8") as stream:
         for row in csv.reader(stream):
             if not row or row[0] == "class":  # the header row
                 continue

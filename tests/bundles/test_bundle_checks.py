@@ -25,10 +25,10 @@ REQUIRED = [
 def test_model_zoo_layout(name):
     bundle = BUNDLES_DIR / name
     assert [f for f in REQUIRED if not (bundle / f).is_file()] == []
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["version"] in metadata["changelog"]
     for config in ("train.json", "inference.json"):
-        text = (bundle / "configs" / config).read_text()
+        text = (bundle / "configs" / config).read_text(encoding="utf-8")
         assert '"_target_": "medattn3d.' in text  # our classes by full dotted path
 
 
@@ -38,7 +38,7 @@ def test_verify_metadata_offline(name):
 
 
 def test_verify_metadata_rejects_a_missing_field(tmp_path):
-    metadata = json.loads((BUNDLES_DIR / "attention_unet_3d" / "configs" / "metadata.json").read_text())
+    metadata = json.loads((BUNDLES_DIR / "attention_unet_3d" / "configs" / "metadata.json").read_text(encoding="utf-8"))
     del metadata["task"]
     (tmp_path / "metadata.json").write_text(json.dumps(metadata))
     shutil.copy(SCHEMA, tmp_path / "schema.json")

@@ -65,11 +65,11 @@ def test_train_evaluate_infer_export(bundle_copy, tiny_data):
     bundle_run(bundle, ["train.json"], {**overrides, "max_epochs": 2, "val_interval": 1})
     models = bundle / "models"
     assert (models / "model.pt").is_file() and (models / "checkpoint_last.pt").is_file()
-    assert json.loads((models / "model_metric.json").read_text())["key_metric"] == "val_mean_dice"
+    assert json.loads((models / "model_metric.json").read_text(encoding="utf-8"))["key_metric"] == "val_mean_dice"
     assert saved_epoch_of(models / "checkpoint_last.pt") == 2
 
     bundle_run(bundle, ["train.json", "evaluate.json"], overrides)
-    summary = (bundle / "eval" / "val_mean_dice_summary.csv").read_text()
+    summary = (bundle / "eval" / "val_mean_dice_summary.csv").read_text(encoding="utf-8")
     assert "class0" in summary and "mean" in summary
 
     bundle_run(bundle, ["inference.json"], overrides)
@@ -77,8 +77,8 @@ def test_train_evaluate_infer_export(bundle_copy, tiny_data):
     prediction = nib.load(str(bundle / "predictions" / "case_003_seg.nii.gz"))
     source = nib.load(str(test_image))
     assert prediction.shape == source.shape and np.allclose(prediction.affine, source.affine, atol=1e-4)
-    classes = json.loads((bundle / "configs" / "inference.json").read_text())["num_classes"]
-    assert classes == len(json.loads((tiny_data / "dataset.json").read_text())["labels"])
+    classes = json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))["num_classes"]
+    assert classes == len(json.loads((tiny_data / "dataset.json").read_text(encoding="utf-8"))["labels"])
     assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= set(range(classes))
 
     bundle_run(bundle, ["inference.json", "explain.json"], overrides)
@@ -189,7 +189,7 @@ def test_ddp_two_processes_on_cpu(attention_unet_copy, tmp_path):
 
     # multi_gpu_evaluate.json: the validation cases shared by the two processes, one metrics file from rank 0
     bundle_run(bundle, ["train.json", "evaluate.json", "multi_gpu_evaluate.json"], overrides, launcher=torchrun)
-    raw = (bundle / "eval" / "val_mean_dice_raw.csv").read_text().strip().splitlines()
+    raw = (bundle / "eval" / "val_mean_dice_raw.csv").read_text(encoding="utf-8").strip().splitlines()
     assert len(raw) == 1 + 2  # header + both validation cases
 
 

@@ -20,9 +20,9 @@ def test_every_shipped_bundle_is_generated():
 
 
 def test_demo_settings_are_recorded_as_overrides():
-    plan = json.loads((BUNDLES_DIR / "attention_unet_3d" / "plan.json").read_text())
+    plan = json.loads((BUNDLES_DIR / "attention_unet_3d" / "plan.json").read_text(encoding="utf-8"))
     assert plan["values"]["roi_size"] == [64, 64, 32] and plan["values"]["pixdim"] == [2.5, 2.5, 4.0]
     assert plan["overrides"]["roi_size"]["value"] == [64, 64, 32]
     assert plan["values"]["max_epochs"] == 40 and plan["values"]["val_interval"] == 5
-    train = json.loads((BUNDLES_DIR / "attention_unet_3d" / "configs" / "train.json").read_text())
+    train = json.loads((BUNDLES_DIR / "attention_unet_3d" / "configs" / "train.json").read_text(encoding="utf-8"))
     assert train["dataset_dir"] == "$str(medattn3d.data.demo.default_demo_dir())"

@@ -15,7 +15,7 @@ from tests.helpers import oblique_affine, save_nifti
 
 # the shipped bundle's own classes (the demo's labels); the tiny copy keeps them
 CLASS_NAMES: dict[str, str] = json.loads(
-    (BUNDLES_DIR / "attention_unet_3d" / "configs" / "inference.json").read_text()
+    (BUNDLES_DIR / "attention_unet_3d" / "configs" / "inference.json").read_text(encoding="utf-8")
 )["class_names"]
 
 
@@ -26,7 +26,7 @@ def make_tiny_bundle(target: Path) -> Path:
     shutil.copytree(BUNDLES_DIR / "attention_unet_3d", target, ignore=shutil.ignore_patterns("models", "eval", "pred*"))
     for name in ("inference.json", "train.json"):
         config_file = target / "configs" / name
-        config = json.loads(config_file.read_text())
+        config = json.loads(config_file.read_text(encoding="utf-8"))
         config["network_def"].update({"channels": [4, 8, 16], "strides": [2, 2], "deep_supervision": False})
         config.update({"roi_size": [16, 16, 16], "pixdim": [4.0, 4.0, 4.0], "precision": "fp32"})
         config_file.write_text(json.dumps(config, indent=4))

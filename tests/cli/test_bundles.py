@@ -49,18 +49,18 @@ def test_installed_copy_runs_from_the_user_folder_and_refreshes_configs_on_upgra
     assert not bundles.is_checkout() and bundles.shipped_bundles_dir() == packaged
     run_copy = bundles.resolve_bundle("attention_unet_2d")
     assert run_copy == tmp_path / "home" / "bundles" / "attention_unet_2d"
-    assert (run_copy / "configs" / "inference.json").read_text() == (
+    assert (run_copy / "configs" / "inference.json").read_text(encoding="utf-8") == (
         packaged / "attention_unet_2d" / "configs" / "inference.json"
-    ).read_text()
+    ).read_text(encoding="utf-8")
     assert (run_copy / "LICENSE").is_file() and (run_copy / "models").is_dir()
     assert bundles.is_shipped(run_copy)
     (run_copy / "models" / "model.pt").write_bytes(b"weights")
     (run_copy / "configs" / "inference.json").write_text("{}")  # an old version's config
     (run_copy / bundles.VERSION_STAMP).write_text("0.0.1\n")
     assert bundles.resolve_bundle("attention_unet_2d") == run_copy
-    assert (run_copy / "configs" / "inference.json").read_text() != "{}"  # refreshed
+    assert (run_copy / "configs" / "inference.json").read_text(encoding="utf-8") != "{}"  # refreshed
     assert (run_copy / "models" / "model.pt").read_bytes() == b"weights"  # trained weights kept
-    assert (run_copy / bundles.VERSION_STAMP).read_text().strip() == __version__
+    assert (run_copy / bundles.VERSION_STAMP).read_text(encoding="utf-8").strip() == __version__
 
 
 def test_home_defaults_to_the_users_data_folder(monkeypatch, tmp_path):

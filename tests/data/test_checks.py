@@ -83,7 +83,7 @@ def test_dataset_check_lists_every_problem_one_line_each(tmp_path):
     from tests.planning.datasets import write_spleen_ct
 
     path = write_spleen_ct(tmp_path)
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     data["labels"] = {"0": "background", "2": "spleen"}
     data["modality"] = {"0": "CT", "1": "PET"}
     data["training"].append(dict(data["training"][0]))  # listed twice

@@ -113,7 +113,7 @@ def test_no_intensity_window_segments_a_class(cases, index):
 
 def test_generated_tree_is_a_valid_manifest_and_is_reused(tmp_path):
     manifest = generate_demo_dataset(tmp_path, num_train=2, num_val=1, num_test=1, shape=(32, 32, 16))
-    data = json.loads(manifest.read_text())
+    data = json.loads(manifest.read_text(encoding="utf-8"))
     assert data["labels"] == LABELS and data["modality"] == {"0": "CT"}
     assert len(data["training"]) == 2 and len(data["validation"]) == 1 and len(data["test"]) == 1
     assert check_manifest(manifest) == []
@@ -127,12 +127,12 @@ def test_generated_tree_is_a_valid_manifest_and_is_reused(tmp_path):
 
 def test_a_folder_from_an_older_generator_is_rewritten(tmp_path):
     manifest = generate_demo_dataset(tmp_path, num_train=1, num_val=1, num_test=0, shape=(32, 32, 16))
-    data = json.loads(manifest.read_text())
+    data = json.loads(manifest.read_text(encoding="utf-8"))
     del data["generator_settings"]["version"]  # as the first generator (liver, spleen, kidney) wrote it
     data["labels"] = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
     manifest.write_text(json.dumps(data))
     generate_demo_dataset(tmp_path, num_train=1, num_val=1, num_test=0, shape=(32, 32, 16))
-    data = json.loads(manifest.read_text())
+    data = json.loads(manifest.read_text(encoding="utf-8"))
     assert data["labels"] == LABELS and data["generator_settings"]["version"] == GENERATOR_VERSION
 
 
@@ -146,10 +146,10 @@ def test_bundles_get_the_current_demo_data_and_other_missing_manifests_are_error
     monkeypatch.setattr(demo, "generate_demo_dataset", small)
     monkeypatch.setenv("MEDATTN3D_DEMO_DIR", str(tmp_path / "demo"))
     manifest = small(tmp_path / "demo")
-    data = json.loads(manifest.read_text())
+    data = json.loads(manifest.read_text(encoding="utf-8"))
     del data["generator_settings"]["version"]  # a cached folder from the first generator
     manifest.write_text(json.dumps(data))
     assert demo.prepare_dataset(tmp_path / "demo", manifest) == manifest
-    assert json.loads(manifest.read_text())["generator_settings"]["version"] == GENERATOR_VERSION
+    assert json.loads(manifest.read_text(encoding="utf-8"))["generator_settings"]["version"] == GENERATOR_VERSION
     with pytest.raises(InputError, match="manifest not found"):
         demo.prepare_dataset(tmp_path / "mine", tmp_path / "mine" / "dataset.json")

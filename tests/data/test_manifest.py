@@ -46,7 +46,9 @@ def test_generated_manifests_match_the_generator(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "HERE", tmp_path)
     module.main()
     for path in tmp_path.glob("*.json"):
-        assert json.loads(path.read_text()) == json.loads((MANIFESTS / path.name).read_text()), path.name
+        assert json.loads(path.read_text(encoding="utf-8")) == json.loads(
+            (MANIFESTS / path.name).read_text(encoding="utf-8")
+        ), path.name
 
 
 def _msd_tree(root: Path, names: list[str], label_prefix: str = "") -> None:
@@ -87,7 +89,7 @@ def test_build_manifest_with_btcv_names_and_a_missing_label(tmp_path):
 
 def test_validator_lists_every_problem_at_once(tmp_path, capsys):
     path = generate_demo_dataset(tmp_path, num_train=4, num_val=1, num_test=1, shape=(32, 32, 16))
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     affine = nib.load(tmp_path / data["training"][0]["image"]).affine
     (tmp_path / data["training"][0]["image"]).unlink()  # missing file
     save_nifti(np.zeros((32, 32, 15), np.uint8), affine, tmp_path / data["training"][1]["label"])

@@ -101,11 +101,13 @@ def test_explain_writes_maps_montage_index_and_ratios(tmp_path, capsys):
     assert nib.load(str(out / "ct_seg.nii.gz")).shape == source.shape
     picture = matplotlib.image.imread(str(out / "ct_montage.png"))
     assert picture.shape[0] >= 600 and picture.shape[1] >= 600 and picture[..., :3].std() > 0.05  # not blank
-    page = (out / "index.html").read_text()
+    page = (out / "index.html").read_text(encoding="utf-8")
     assert 'src="ct_montage.png"' in page and "ct_attention_gate_level1.nii.gz" in page
     case = summary["cases"][0]
     assert case["structure"] == "ground truth" and set(case["ratios"]) == {"gate_level1", "gate_level2"}
-    assert (out / "attention_summary.csv").read_text().startswith("case,structure,gate_level1,gate_level2")
+    assert (
+        (out / "attention_summary.csv").read_text(encoding="utf-8").startswith("case,structure,gate_level1,gate_level2")
+    )
     assert capsys.readouterr().out == ""  # results are returned; printing is the caller's job
     lines = summary_lines(summary)
     assert lines[1].split() == ["gate_level1", f"{summary['mean_inside_outside_ratio']['gate_level1']:.2f}"]

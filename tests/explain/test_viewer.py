@@ -71,7 +71,7 @@ def test_case_script_holds_every_layer_on_one_grid(tmp_path):
         and entry["script"] == "viewer/case 1.js"
         and entry["layers"] == ["scan", "prediction", "g1"]
     )
-    text = (tmp_path / entry["script"]).read_text()
+    text = (tmp_path / entry["script"]).read_text(encoding="utf-8")
     assert text.startswith("medattn3dViewer.addCase(") and text.rstrip().endswith(");")
     payload = json.loads(text[len("medattn3dViewer.addCase(") : text.rstrip().rindex(")")])
     images = {layer["name"]: _decode(layer["base64"]) for layer in payload["layers"]}
@@ -95,6 +95,8 @@ def test_vendored_viewer_is_copied_with_its_licence(tmp_path):
     copied = {p.name: p for p in copy_viewer_assets(tmp_path)}
     assert set(copied) == {"niivue.umd.js", "explain_viewer.js", "explain_viewer.css", "LICENSE-niivue.txt"}
     assert 1_000_000 < copied["niivue.umd.js"].stat().st_size < 4_000_000
-    assert copied["niivue.umd.js"].read_text()[:200].startswith("(function(")  # a classic script: runs from file://
-    licence = copied["LICENSE-niivue.txt"].read_text()
+    assert (
+        copied["niivue.umd.js"].read_text(encoding="utf-8")[:200].startswith("(function(")
+    )  # a classic script: runs from file://
+    licence = copied["LICENSE-niivue.txt"].read_text(encoding="utf-8")
     assert "BSD 2-Clause License" in licence and "@niivue/niivue 0.69.0" in licence and "gl-matrix" in licence

@@ -25,7 +25,7 @@ def test_failure_removes_the_temporary_file_and_keeps_the_old_target(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"), atomic_path(target) as tmp:
         tmp.write_text('{"version": 2, "trunc')
         raise RuntimeError("disk full")
-    assert json.loads(target.read_text()) == {"version": 1}
+    assert json.loads(target.read_text(encoding="utf-8")) == {"version": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 

@@ -55,7 +55,7 @@ def test_all_files_and_their_agreement(nifti_case, tmp_path):
         assert (i0, j0, k0) == tuple(where.min(0)) and (i1, j1, k1) == tuple(where.max(0))
 
     # sidecar: counts and volumes from the label map and its spacing
-    side = json.loads((out / "ct_seg.json").read_text())
+    side = json.loads((out / "ct_seg.json").read_text(encoding="utf-8"))
     voxel_ml = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000
     for record in side["labels"]:
         count = int((labels == record["value"]).sum())
@@ -66,11 +66,15 @@ def test_all_files_and_their_agreement(nifti_case, tmp_path):
     assert side["source"] == str(image) and side["files"]["nifti"] == "ct_seg.nii.gz"
 
     # tables in their documented formats
-    ctbl = [line.split() for line in (out / "ct_seg.ctbl").read_text().splitlines()]
-    assert (out / "ct_seg.ctbl").read_text().startswith("# Color table file ")
+    ctbl = [line.split() for line in (out / "ct_seg.ctbl").read_text(encoding="utf-8").splitlines()]
+    assert (out / "ct_seg.ctbl").read_text(encoding="utf-8").startswith("# Color table file ")
     assert ctbl[2:] == [["0", "background", "0", "0", "0", "0"], ["1", "liver", "221", "130", "101", "255"],
                         ["2", "Kidney_Left", "185", "102", "83", "255"]]  # fmt: skip
-    rows = [line for line in (out / "ct_seg.itksnap.txt").read_text().splitlines() if not line.startswith("#")]
+    rows = [
+        line
+        for line in (out / "ct_seg.itksnap.txt").read_text(encoding="utf-8").splitlines()
+        if not line.startswith("#")
+    ]
     fields = [row.split(maxsplit=7) for row in rows]
     assert [f[0] for f in fields] == ["0", "1", "2"] and fields[1][1:4] == ["221", "130", "101"]
     assert fields[1][7] == '"liver"' and float(fields[1][4]) == 1.0 and fields[0][5:7] == ["0", "0"]
@@ -122,7 +126,9 @@ def test_prediction_writer_writes_what_write_case_writes(nifti_case, tmp_path):
     assert sorted(result["pred_files"]) == sorted(str(tmp_path / "b" / p.name) for p in direct)
     for name in ("ct_seg.nii.gz", "ct_probabilities.nii.gz"):
         assert np.array_equal(_nifti_labels(tmp_path / "a" / name)[0], _nifti_labels(tmp_path / "b" / name)[0])
-    assert (tmp_path / "a" / "ct_seg.json").read_text() == (tmp_path / "b" / "ct_seg.json").read_text()
+    assert (tmp_path / "a" / "ct_seg.json").read_text(encoding="utf-8") == (tmp_path / "b" / "ct_seg.json").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_prediction_writer_names_are_unique_per_input(tmp_path, nifti_case):

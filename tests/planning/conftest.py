@@ -34,7 +34,7 @@ def planned(datasets, tmp_path_factory):
         if key not in done:
             out = root / f"{dataset}-{template}-{len(done)}"
             plan_bundle(datasets[dataset], out, template=template, overrides=overrides, workers=1, progress=False)
-            done[key] = (out, json.loads((out / "plan.json").read_text()))
+            done[key] = (out, json.loads((out / "plan.json").read_text(encoding="utf-8")))
         return done[key]
 
     return plan

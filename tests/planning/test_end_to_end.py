@@ -46,16 +46,16 @@ def test_planned_bundle_runs_end_to_end_without_overrides(template, dataset, dat
     bundle = tmp_path / "bundle"
     plan_bundle(datasets[dataset], bundle, template=template, overrides=dict(SMALL), workers=1, progress=False)
     if template.startswith("attention_unet"):  # same planned depth, narrower widths: seconds per epoch
-        depth = len(json.loads((bundle / "plan.json").read_text())["values"]["channels"])
+        depth = len(json.loads((bundle / "plan.json").read_text(encoding="utf-8"))["values"]["channels"])
         narrow = {**SMALL, "channels": [4, 8, 16, 32, 64][:depth]}
         plan_bundle(datasets[dataset], bundle, template=template, overrides=narrow, workers=1, progress=False)
-    plan = json.loads((bundle / "plan.json").read_text())
+    plan = json.loads((bundle / "plan.json").read_text(encoding="utf-8"))
     classes = plan["values"]["num_classes"]
 
     _run(bundle, "train.json")
     assert (bundle / "models" / "model.pt").is_file()
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    best = json.loads((bundle / "models" / "model_metric.json").read_text())
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    best = json.loads((bundle / "models" / "model_metric.json").read_text(encoding="utf-8"))
     assert metadata["eval_metrics"]["epoch"] == best["epoch"] in (1, 2)
     assert metadata["eval_metrics"]["val_mean_dice"] == pytest.approx(best["value"], abs=1e-4)
 
@@ -63,7 +63,7 @@ def test_planned_bundle_runs_end_to_end_without_overrides(template, dataset, dat
     assert (bundle / "eval" / "val_mean_dice_raw.csv").is_file()
 
     _run(bundle, "inference.json")
-    datalist = json.loads((datasets[dataset] / "dataset.json").read_text())
+    datalist = json.loads((datasets[dataset] / "dataset.json").read_text(encoding="utf-8"))
     tests = [_first_file(t) for t in datalist["test"]]
     predictions = sorted((bundle / "predictions").glob("*_seg.nii.gz"))
     assert len(predictions) == len(tests)

@@ -145,7 +145,7 @@ def test_damaged_cache_is_recomputed(tmp_path):
     cache = tmp_path / "cache.json"
     cache.write_text("{not json")
     result = fingerprint_dataset(cases, cache, workers=1, progress=False)
-    assert result["num_cases"] == 2 and cache.read_text().startswith("{")
+    assert result["num_cases"] == 2 and cache.read_text(encoding="utf-8").startswith("{")
 
 
 def test_progress_bar_goes_to_stderr(tmp_path, capsys):

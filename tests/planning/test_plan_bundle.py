@@ -43,19 +43,19 @@ def test_a_dataset_with_a_problem_is_refused_with_every_problem_on_its_own_line(
 def test_the_bundle_is_complete_and_names_its_data(planned, datasets):
     bundle, plan = planned("brain_mri", "attention_unet_3d")
     assert [f for f in FILES if not (bundle / f).is_file()] == []
-    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    inference = json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))
     assert inference["dataset_dir"] == str(datasets["brain_mri"].resolve())
     assert inference["datalist"] == str(datasets["brain_mri"].resolve() / "dataset.json")
     for key in ("num_classes", "in_channels", "class_names", "channel_names", "roi_size", "pixdim", "normalization"):
         assert inference[key] == plan["values"][key]
-    readme = (bundle / "docs" / "README.md").read_text()
+    readme = (bundle / "docs" / "README.md").read_text(encoding="utf-8")
     assert "## Dataset fingerprint" in readme and "| `roi_size` |" in readme and "fold 0:" in readme
 
 
 def test_each_fact_is_written_once_and_referenced_elsewhere(planned):
     bundle, _ = planned("spleen_ct", "attention_unet_2d")
     for config in ("train.json", "inference.json"):
-        text = (bundle / "configs" / config).read_text()
+        text = (bundle / "configs" / config).read_text(encoding="utf-8")
         assert text.count('"spatial_dims": 2') == 1 and text.count('"precision": "auto"') == 1
         assert '"amp"' not in text.replace('"amp": "$@precision', "")
 
@@ -72,12 +72,12 @@ def test_metadata_passes_monai_checks_against_the_published_schema(planned, temp
         n=1,
         bundle_root=str(bundle),
     )
-    image = json.loads(meta.read_text())["network_data_format"]["inputs"]["image"]
+    image = json.loads(meta.read_text(encoding="utf-8"))["network_data_format"]["inputs"]["image"]
     assert image["num_channels"] == 4 and list(image["channel_def"].values()) == ["FLAIR", "T1w", "t1gd", "T2w"]
 
 
 def test_schema_is_monais_published_one():
-    schema = json.loads(SCHEMA.read_text())
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
     assert schema["$schema"] == "https://json-schema.org/draft/2019-09/schema"
     assert schema["required"] == [
         "schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
@@ -107,15 +107,15 @@ def test_replanning_keeps_models_and_reads_no_image(datasets, tmp_path, monkeypa
     monkeypatch.setattr("medattn3d.planning.fingerprint.fingerprint_case", refuse)
     plan_bundle(datasets["spleen_ct"], out, overrides={"max_epochs": 7}, workers=1, progress=False)
     assert (out / "models" / "model.pt").read_bytes() == b"weights"
-    assert json.loads((out / "configs" / "train.json").read_text())["max_epochs"] == 7
+    assert json.loads((out / "configs" / "train.json").read_text(encoding="utf-8"))["max_epochs"] == 7
 
 
 def test_a_plan_of_another_dataset_is_not_overwritten(datasets, tmp_path):
     out = plan_bundle(datasets["spleen_ct"], tmp_path / "b", workers=1, progress=False)
-    before = (out / "plan.json").read_text()
+    before = (out / "plan.json").read_text(encoding="utf-8")
     with pytest.raises(InputError, match="another dataset"):
         plan_bundle(datasets["brain_mri"], out, workers=1, progress=False)
-    assert (out / "plan.json").read_text() == before
+    assert (out / "plan.json").read_text(encoding="utf-8") == before
 
 
 def test_no_staging_folder_is_left_behind_on_failure(datasets, tmp_path):

@@ -83,7 +83,7 @@ def test_best_model_writes_the_weights_and_per_class_dice_into_the_metadata(tmp_
                    class_names={"0": "background", "1": "liver", "2": "spleen"}).attach(validator)  # fmt: skip
     validator.run(1)
     assert (tmp_path / "models" / "model.pt").is_file()
-    assert json.loads(metadata.read_text()) == {
+    assert json.loads(metadata.read_text(encoding="utf-8")) == {
         "version": "0.2.0",
         "eval_metrics": {"val_mean_dice": 0.5, "epoch": 1, "val_dice_per_class": {"liver": 0.25, "spleen": 0.75}},
     }
