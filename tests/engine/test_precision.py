@@ -74,12 +74,18 @@ def test_precision_resolution():
         PrecisionInferer(SimpleInferer(), precision="int8")
 
 
-def test_folding_batch_norm_keeps_the_eval_output(net3d):
-    for module in net3d.modules():  # non-trivial statistics, as after training
+def trained_statistics(net: torch.nn.Module) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial statistics and scales, as after training (folding must carry them)."""
+    for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm3d):
             torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
             torch.nn.init.uniform_(module.running_var, 0.5, 2.0)
             torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    return net
+
+
+def test_folding_batch_norm_keeps_the_eval_output(net3d):
+    trained_statistics(net3d)
     x = torch.randn(1, 1, 32, 32, 16)
     with torch.no_grad():
         expected = net3d(x)
@@ -90,12 +96,7 @@ def test_folding_batch_norm_keeps_the_eval_output(net3d):
 
 
 def test_folding_reaches_the_resnet_backbone_of_the_guided_network():
-    net = _guided_net(3)
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
-            torch.nn.init.uniform_(module.running_var, 0.5, 2.0)
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    net = trained_statistics(_guided_net(3))
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         expected = net(x)

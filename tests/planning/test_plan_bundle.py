@@ -11,23 +11,11 @@ from monai.bundle import verify_metadata, verify_net_in_out
 from medattn3d.bundles import BUNDLES_DIR
 from medattn3d.errors import DatasetError, InputError
 from medattn3d.planning import plan_bundle
+from medattn3d.planning.shipped import GENERATED
 from tests.planning.datasets import write_broken
 
 SCHEMA = BUNDLES_DIR / "meta_schema.json"
-FILES = [
-    "configs/train.json",
-    "configs/evaluate.json",
-    "configs/inference.json",
-    "configs/explain.json",
-    "configs/multi_gpu_train.json",
-    "configs/multi_gpu_evaluate.json",
-    "configs/metadata.json",
-    "configs/logging.conf",
-    "docs/README.md",
-    "LICENSE",
-    "plan.json",
-    "fingerprint_cache.json",
-]
+FILES = [*GENERATED, "fingerprint_cache.json"]
 
 
 @pytest.mark.parametrize("name", ["spleen_ct", "brain_mri", "abdomen_ct_14", "prostate_two_files"])
