@@ -21,6 +21,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
 from medattn3d.errors import InputError
+from medattn3d.outputs.atomic import atomic_path, atomic_write_text
 
 LOGGER = logging.getLogger("medattn3d.training")
 
@@ -31,25 +32,12 @@ def is_main_process() -> bool:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename; the old file stays until then."""
+    """``torch.save`` to ``path`` through the package's atomic write (synced to disk before the rename): the old
+    checkpoint stays until the new one is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as stream:
-        torch.save(obj, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_write_text(text: str, path: str | Path) -> Path:
-    """Write a small text file atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
     return path
 
 
@@ -146,7 +134,7 @@ class BestModelSaver:
         self.best = value if value == value else self.best
         atomic_save(_unwrap(self.network).state_dict(), self.model_path)
         record = {"key_metric": name, "value": value, "epoch": int(engine.state.epoch)}
-        atomic_write_text(json.dumps(record, indent=1) + "\n", self.metric_path)
+        atomic_write_text(self.metric_path, json.dumps(record, indent=1) + "\n")
         if self.metadata_file is not None:
             self._write_eval_metrics(engine, name, value)
         LOGGER.info("new best %s = %.4f at epoch %d: saved %s", name, value, engine.state.epoch, self.model_path)
@@ -162,7 +150,7 @@ class BestModelSaver:
             names = names if len(names) == len(values) else [f"class {i + 1}" for i in range(len(values))]
             metrics[self.per_class_metric] = {n: round(v, 4) for n, v in zip(names, values, strict=True)}
         metadata["eval_metrics"] = metrics
-        atomic_write_text(json.dumps(metadata, indent=4) + "\n", self.metadata_file)
+        atomic_write_text(self.metadata_file, json.dumps(metadata, indent=4) + "\n")
 
 
 class FinalValidation:

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from medattn3d.training.checkpoints import atomic_write_text, is_main_process
+from medattn3d.outputs.atomic import atomic_write_text
+from medattn3d.training.checkpoints import is_main_process
 
 
 def foreground_names(class_names: list[str] | dict[str, str] | None) -> list[str]:
@@ -159,7 +160,7 @@ class TrainingReport:
         figure.savefig(tmp)
         plt.close(figure)
         tmp.replace(path)
-        atomic_write_text(json.dumps(self.history, indent=1) + "\n", self.output_dir / "training_history.json")
+        atomic_write_text(self.output_dir / "training_history.json", json.dumps(self.history, indent=1) + "\n")
         return path
 
 
