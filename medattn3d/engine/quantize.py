@@ -4,8 +4,8 @@
 of the bundle's ``roi_size`` with ``in_channels``, dynamic batch axis), calibrates NNCF's post-training quantization
 on patches drawn with the bundle's own training preprocessing (``train#preprocessing`` on ``train#dataset``'s cases,
 seeded), and writes ``models/model_int8.xml`` + ``.bin``; ``--runtime openvino-int8`` then serves that IR
-(:class:`medattn3d.engine.backends.IRNetwork`). Needs ``openvino`` and ``nncf`` (export only; inference needs only
-``openvino``). Why opt-in: INT8 trades a little accuracy for speed; benchmarks/int8.py measures both on the demo.
+(:class:`medattn3d.engine.backends.IRNetwork`). Needs ``openvino`` and ``nncf`` (the ``int8`` extra; inference needs
+only ``openvino``). Why opt-in: INT8 trades a little accuracy for speed; benchmarks/int8.py measures both on the demo.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ def quantize_network(
     fast one (argmax agreement with fp32 0.9994 vs 0.9988, largest probability difference 0.09 vs 0.17) for ~1.5x the
     export time and no inference cost; ``subset_size`` defaults to every patch. Returns an ``openvino.Model``.
     """
-    import nncf
-    import openvino as ov
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as err:
+        raise ImportError(f"INT8 export needs openvino and nncf: pip install 'medattn3d[int8]' ({err})") from err
 
     if not patches:
         raise ValueError("INT8 calibration needs at least one patch")
