@@ -115,7 +115,7 @@ def test_train_evaluate_infer_export(bundle_copy, tiny_data):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     scripted = torch.jit.load(str(models / "model.ts"))
-    size = (1, 1, 32, 32) if name.endswith("2d") else (1, 1, 32, 32, 16)
+    size = (1, 1, *overrides["roi_size"])
     assert scripted(torch.randn(size)).shape == (1, classes, *size[2:])
 
 
