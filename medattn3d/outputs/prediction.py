@@ -224,7 +224,9 @@ class WriteCased(MapTransform):
         self.pred_key, self.output_dir, self.class_names = pred_key, Path(output_dir), class_names
         self.formats, self.save_probabilities = check_formats(formats), save_probabilities
         self.output_postfix, self.model_info, self.series_uid = output_postfix, model_info, series_uid
-        self.names = output_names(input_paths) if input_paths else {}
+        # an input given as one file per channel is named after its first channel's file (what its meta records)
+        firsts = [p[0] if isinstance(p, (list, tuple)) else p for p in input_paths or []]
+        self.names = output_names(firsts) if firsts else {}
 
     def name_for(self, source: str) -> str:
         return self.names.get(Path(source).absolute()) or split_name(source)[0]
