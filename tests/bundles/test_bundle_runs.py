@@ -196,12 +196,15 @@ def test_ddp_two_processes_on_cpu(attention_unet_copy, tmp_path):
 def test_onnx_export_matches_pytorch(tmp_path):
     onnx = pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra (onnx, onnxscript)")
     pytest.importorskip("onnxscript", reason="ONNX export needs the 'export' extra (onnx, onnxscript)")
+    from monai.bundle import ConfigParser
     from onnx.reference import ReferenceEvaluator
 
     from medattn3d import cli
-    from medattn3d.networks import AttentionUNet
+    from medattn3d.bundles import BUNDLES_DIR
 
-    net = AttentionUNet(3, 1, 4, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), deep_supervision=True).eval()
+    parser = ConfigParser()  # the shipped bundle's own network (classes, strides), random weights
+    parser.read_config(str(BUNDLES_DIR / "attention_unet_3d" / "configs" / "inference.json"))
+    net = parser.get_parsed_content("network_def").eval()
     torch.save(net.state_dict(), tmp_path / "model.pt")
     target = tmp_path / "model.onnx"
     assert (
