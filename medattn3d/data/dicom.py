@@ -12,6 +12,15 @@ from pydicom.errors import InvalidDicomError
 
 from medattn3d.errors import InputError
 
+# what a DICOM SEG must copy from its source series to reference it (highdicom refuses a source without them)
+SEG_REFERENCE_TAGS = ("FrameOfReferenceUID", "StudyInstanceUID", "SOPClassUID")
+
+
+def missing_seg_reference_tags(header: pydicom.Dataset) -> list[str]:
+    """The :data:`SEG_REFERENCE_TAGS` that ``header`` lacks (empty: a DICOM SEG can reference its series)."""
+    return [tag for tag in SEG_REFERENCE_TAGS if tag not in header]
+
+
 ORIENTATION_TOLERANCE = 1e-4
 SPACING_RELATIVE_TOLERANCE = 0.05
 

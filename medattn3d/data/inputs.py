@@ -73,7 +73,8 @@ def check_header(
     path: Path, channels: int = 1, formats: Sequence[str] = ("nifti",), series_uid: str | None = None, min_size: int = 4
 ) -> None:
     """Reject an input from its header alone (no voxel is read): unreadable, not 3D (or 4D with ``channels``
-    channels), an axis under ``min_size`` voxels, an inconsistent DICOM series, DICOM SEG asked of a non-DICOM input.
+    channels), an axis under ``min_size`` voxels, an inconsistent DICOM series, DICOM SEG asked of a non-DICOM input
+    or of a series it cannot reference.
     The voxel checks (non-finite values) run when the case is loaded."""
     if not path.exists():
         raise InputError(path, "file not found")
@@ -81,10 +82,18 @@ def check_header(
     if "dicom-seg" in formats and not dicom:
         raise InputError(path, "--format dicom-seg needs a DICOM input (a series folder); this is not DICOM")
     if path.is_dir():
-        from medattn3d.data.dicom import inspect_series
+        import pydicom
+
+        from medattn3d.data.dicom import inspect_series, missing_seg_reference_tags
 
         series = inspect_series(path, series_uid)
         shape: tuple[int, ...] = (*_header_shape(series.files[0])[:2], len(series.files))
+        if "dicom-seg" in formats:  # refused before compute, not after the other formats are written
+            missing = missing_seg_reference_tags(pydicom.dcmread(series.files[0], stop_before_pixels=True))
+            if missing:
+                raise InputError(
+                    path, f"cannot reference this series in a DICOM SEG: its slices lack {', '.join(missing)}"
+                )
     else:
         if path.stat().st_size == 0:
             raise InputError(path, "is an empty file")

@@ -16,7 +16,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 import medattn3d
-from medattn3d.data.dicom import inspect_series
+from medattn3d.data.dicom import inspect_series, missing_seg_reference_tags
 from medattn3d.errors import InputError
 from medattn3d.outputs.atomic import atomic_path
 from medattn3d.outputs.formats import lps_affine
@@ -129,7 +129,7 @@ def write_dicom_seg(
         headers = source_headers(source, series_uid)
     frames = frames_for_sources(labels, affine_ras, headers, source)
     first = headers[0]
-    missing = [k for k in ("FrameOfReferenceUID", "StudyInstanceUID", "SOPClassUID") if k not in first]
+    missing = missing_seg_reference_tags(first)
     if missing:
         raise InputError(source, f"cannot reference this series in a DICOM SEG: its slices lack {', '.join(missing)}")
     segmentation = hd.seg.Segmentation(
