@@ -1,4 +1,13 @@
-"""Shared benchmark helpers: medians of repeated timings, peak memory of a step, tables and JSON output."""
+"""Shared benchmark helpers: medians of repeated timings, peak memory of a step, GFLOP counts and GFLOP/s next to the
+machine's measured matmul peaks, tables and JSON output.
+
+Every benchmark reports, per row, the arithmetic it executed and its rate against the peaks of the same run::
+
+    peaks = matmul_peaks()                           # first thing in main(); store as payload["matmul_peaks"]
+    gflop = network_gflop(net, x)                    # or count_gflop(step_fn) / network_gflop(net, x, train=True)
+    add_throughput(row, gflop * windows, peaks)      # row["median_s"] -> gflop, gflop_per_s, pct_fp32/bf16_peak
+    add_throughput(row, None, peaks, reason="I/O")   # rows without arithmetic: None and a gflop_reason
+"""
 
 from __future__ import annotations
 
@@ -103,3 +112,142 @@ def run_case_in_subprocess(script: str, case: dict[str, Any]) -> dict[str, Any]:
         lines = done.stderr.strip().splitlines()
         raise CaseFailedError(lines[-1] if lines else f"exit status {done.returncode}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- Arithmetic throughput: GFLOP counted by PyTorch, next to this machine's matmul peaks -------------------------
+
+
+def matmul_peaks(threads: int | None = None, n: int = 3072, repeats: int = 3) -> dict[str, Any]:
+    """This machine's fp32 and bf16 GFLOP/s on an ``n x n`` square matmul: the physical floor for a row's GFLOP/s.
+
+    Medians of ``repeats`` products after one warm-up each (about 1-2 s on 2 quiet cores; more under load). Measure
+    it at the start of the same run as the rows it is compared with, so both see the same machine and load, and store
+    the returned dict in the JSON (key ``matmul_peaks``). ``threads`` sets PyTorch's intra-op threads for the
+    measurement only (default: as the process runs, ``torch.get_num_threads()``). Returns ``fp32_gflop_per_s``,
+    ``bf16_gflop_per_s`` (medians, used by :func:`add_throughput`), ``*_best_gflop_per_s`` (fastest repeat), and the
+    settings (``n``, ``repeats``, ``threads``, ``gflop_per_product``, ``bf16_kernels``).
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        gflop = 2 * n**3 / 1e9
+        peaks: dict[str, Any] = {}
+        for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            generator = torch.Generator().manual_seed(0)
+            a = torch.randn(n, n, generator=generator).to(dtype)
+            b = torch.randn(n, n, generator=generator).to(dtype)
+            torch.mm(a, b)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                torch.mm(a, b)
+                times.append(time.perf_counter() - start)
+            peaks[f"{label}_gflop_per_s"] = gflop / statistics.median(times)
+            peaks[f"{label}_best_gflop_per_s"] = gflop / min(times)
+        return {
+            **peaks,
+            "n": n,
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+            "gflop_per_product": gflop,
+            "bf16_kernels": machine()["bf16_kernels"],
+        }
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _cpu_attention_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas for PyTorch's CPU fused attention, which FlopCounterMode (2.13) does not count (it would add 0):
+    the same formulas it uses for the CUDA flash kernel (2 products of N x N x C forward, 5 in backward)."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    mapping: dict[Any, Callable[..., int]] = {}
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is not None:
+        mapping[forward] = lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value)
+    if backward is not None:
+        mapping[backward] = lambda grad_out, query, key, value, *args, out_shape=None, **kwargs: (
+            sdpa_backward_flop_count(grad_out, query, key, value)
+        )
+    return mapping
+
+
+def count_gflop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
+    """GFLOP that ``fn(*args, **kwargs)`` executes, counted by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    It counts the arithmetic of matmuls, convolutions (2 x Cin x Cout x k^d per output voxel, bias not counted) and
+    attention, forward and, when ``fn`` calls ``.backward()``, backward too (about 2x the forward for a network whose
+    first layer needs no input gradient, 3x in all); element-wise ops, norms, pooling and resampling count 0, so a
+    row's GFLOP/s is the rate of its useful arithmetic, comparable with :func:`matmul_peaks`. PyTorch's CPU fused
+    attention kernel is counted with the formulas FlopCounterMode uses for the CUDA one. The count does not depend
+    on dtype or layout: count once (on fp32, small batch if the network is linear in the batch) and reuse it for every
+    row that does the same work. Runs ``fn`` once; its result is discarded.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
+        fn(*args, **kwargs)
+    return counter.get_total_flops() / 1e9
+
+
+def network_gflop(network: torch.nn.Module, example: torch.Tensor, train: bool = False) -> float:
+    """GFLOP of one forward of ``network`` on ``example`` (``train=False``, under ``no_grad``), or of a training step's
+    forward + backward (``train=True``: the backward of the outputs' sum; the optimiser's update is element-wise and
+    counts 0). The network's mode (train/eval) is left as it is."""
+    if not train:
+        with torch.no_grad():
+            return count_gflop(network, example)
+
+    def step() -> None:
+        output = network(example)
+        outputs = output if isinstance(output, (list, tuple)) else [output]
+        sum(o.float().sum() for o in outputs).backward()
+
+    gflop = count_gflop(step)
+    network.zero_grad(set_to_none=True)
+    return gflop
+
+
+def add_throughput(
+    row: dict[str, Any],
+    gflop: float | None,
+    peaks: dict[str, Any] | None,
+    seconds: float | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """Add ``gflop``, ``gflop_per_s``, ``pct_fp32_peak`` and ``pct_bf16_peak`` to ``row`` (in place; also returned).
+
+    ``seconds`` defaults to ``row["median_s"]``. ``gflop`` is the arithmetic the timed step executed (per step, the
+    same step the seconds are for: network GFLOP x windows for a whole volume, x3 of the forward for a training step,
+    from :func:`count_gflop`). ``peaks`` is :func:`matmul_peaks`'s dict of the same run. A row with no arithmetic to
+    speak of (reading a file, an argmax) passes ``gflop=None`` and a ``reason``: its four fields are then None and
+    ``gflop_reason`` says why, so a table shows "-" with a reason instead of a misleading number.
+    """
+    if seconds is None:
+        seconds = row.get("median_s")
+    if gflop is None:
+        if not reason:
+            raise ValueError("add_throughput: a row without a GFLOP count needs a reason")
+        row.update(gflop=None, gflop_per_s=None, pct_fp32_peak=None, pct_bf16_peak=None, gflop_reason=reason)
+        return row
+    rate = gflop / seconds if seconds else None
+    row["gflop"] = gflop
+    row["gflop_per_s"] = rate
+    for label in ("fp32", "bf16"):
+        peak = (peaks or {}).get(f"{label}_gflop_per_s")
+        row[f"pct_{label}_peak"] = 100 * rate / peak if rate is not None and peak else None
+    return row
+
+
+def peak_rows(peaks: dict[str, Any], key: str = "case") -> list[dict[str, Any]]:
+    """The two matmul peaks as table rows (``{key: "matmul fp32 (the machine's peak)", "median_s", "gflop",
+    "gflop_per_s", ...}``), for a table that shows the floor next to its own rows."""
+    rows = []
+    for label in ("fp32", "bf16"):
+        rate = peaks[f"{label}_gflop_per_s"]
+        row = {key: f"matmul {label} (the machine's peak)", "median_s": peaks["gflop_per_product"] / rate}
+        rows.append(add_throughput(row, peaks["gflop_per_product"], peaks))
+    return rows

@@ -7,7 +7,8 @@ fp32 and bf16 matmul peaks measured in the same run:
 
 The INT8 model is quantized once here (random weights, calibrated on a few random windows: speed does not depend on
 the calibration data) and saved to a temporary IR; each case then runs in a fresh process (medians of repeated
-forwards). GFLOP is counted once on the PyTorch network (FlopCounterMode) and used for every row, so GFLOP/s of the
+forwards). GFLOP is counted once on the PyTorch network (``common.network_gflop``) and used for every row, and the
+fp32/bf16 matmul peaks (``common.matmul_peaks``) are measured first in this process, so GFLOP/s of the
 INT8 rows are effective rates of the same arithmetic done in int8 (no int8 matmul peak is measured: PyTorch's CPU
 int8 matmul does not reach the hardware's). Accuracy of INT8 on trained weights: benchmarks/runtime_agreement.py.
 """
@@ -23,13 +24,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CaseFailedError, machine, measure, print_table, run_case_in_subprocess, write_json
-from runtimes import SHAPE, matmul_peak, network_gflop, ours
+from common import (
+    CaseFailedError,
+    add_throughput,
+    machine,
+    matmul_peaks,
+    measure,
+    network_gflop,
+    peak_rows,
+    print_table,
+    run_case_in_subprocess,
+    write_json,
+)
+from runtimes import SHAPE, ours
 
 REFERENCE = "ours, PyTorch (bundle path: bf16 weights, BN folded, channels-last)"
 CASES = (
-    "matmul fp32",
-    "matmul bf16",
     REFERENCE,
     "ours, OpenVINO bf16 hint",
     "ours, OpenVINO f32",
@@ -53,8 +63,6 @@ def run_case(case: dict) -> dict:
     from medattn3d.engine import PrecisionInferer, prepare_for_inference, tune_cpu_allocator
 
     name, repeats = case["name"], case["repeats"]
-    if name.startswith("matmul"):
-        return matmul_peak(torch.bfloat16 if "bf16" in name else torch.float32, repeats)
     tune_cpu_allocator()
     x = torch.randn(SHAPE)
     runtime = "openvino-int8" if "INT8" in name else "openvino" if "OpenVINO" in name else "torch"
@@ -74,8 +82,9 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
-    gflop = network_gflop(ours())
-    rows = []
+    peaks = matmul_peaks()
+    gflop = network_gflop(ours(), torch.zeros(SHAPE))
+    rows = peak_rows(peaks)
     with tempfile.TemporaryDirectory() as tmp:
         ir = str(export_ir(Path(tmp)))
         for name in CASES:
@@ -84,14 +93,14 @@ def main() -> None:
             except CaseFailedError as err:
                 rows.append({"case": name, "error": str(err)})
                 continue
-            work = result.pop("gflop", gflop)
-            rows.append({"case": name, **result, "gflop": work, "gflop_per_s": work / result["median_s"]})
+            rows.append(add_throughput({"case": name, **result}, gflop, peaks))
     reference = next(r for r in rows if r["case"] == REFERENCE)
     for row in rows:
         if "median_s" in row and not row["case"].startswith("matmul"):
             row["speed_vs_bundle_path"] = reference["median_s"] / row["median_s"]
-    print_table(rows, ["case", "median_s", "gflop_per_s", "speed_vs_bundle_path"])
-    write_json(args.json, {"machine": machine(), "shape": SHAPE, "rows": rows, "note": "shared machine: noisy"})
+    print_table(rows, ["case", "median_s", "gflop", "gflop_per_s", "pct_bf16_peak", "speed_vs_bundle_path"])
+    payload = {"benchmark": "int8", "machine": machine(), "matmul_peaks": peaks, "shape": SHAPE, "rows": rows}
+    write_json(args.json, {**payload, "note": "shared machine: noisy"})
 
 
 if __name__ == "__main__":
