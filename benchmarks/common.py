@@ -12,13 +12,14 @@ Every benchmark reports, per row, the arithmetic it executed and its rate agains
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,18 @@ def network_gflop(network: torch.nn.Module, example: torch.Tensor, train: bool =
     gflop = count_gflop(step)
     network.zero_grad(set_to_none=True)
     return gflop
+
+
+def sliding_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float = 0.25) -> int:
+    """How many windows MONAI's ``sliding_window_inference`` runs over an image of spatial ``image_size``: per axis
+    one window if the axis fits in the window (it is padded), else ``ceil((size - roi) / step) + 1`` with
+    ``step = int(roi * (1 - overlap))``. A whole volume's GFLOP is the network's per-window GFLOP times this (the
+    Gaussian blending is element-wise)."""
+    count = 1
+    for size, roi in zip(image_size, roi_size, strict=True):
+        step = max(int(roi * (1 - overlap)), 1)
+        count *= 1 if size <= roi else math.ceil((size - roi) / step) + 1
+    return count
 
 
 def add_throughput(

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.common import add_throughput, count_gflop, matmul_peaks, network_gflop
+from benchmarks.common import add_throughput, count_gflop, matmul_peaks, network_gflop, sliding_windows
 
 
 def test_conv3d_count_matches_hand_formula() -> None:
@@ -58,3 +58,20 @@ def test_matmul_peaks_small() -> None:
     assert peaks["fp32_best_gflop_per_s"] >= peaks["fp32_gflop_per_s"]
     assert peaks["threads"] == 1 and peaks["gflop_per_product"] == 2 * 128**3 / 1e9
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize(
+    ("size", "roi", "overlap"),
+    [((274, 274, 160), (96, 96, 96), 0.25), ((96, 50, 97), (96, 96, 96), 0.5), ((200, 300), (64, 64), 0.0)],
+)
+def test_sliding_windows_matches_monai(size, roi, overlap) -> None:
+    from monai.inferers import sliding_window_inference
+
+    calls = []
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        calls.append(window.shape[0])
+        return window
+
+    sliding_window_inference(torch.zeros(1, 1, *size), roi, 1, predictor, overlap=overlap)
+    assert sliding_windows(size, roi, overlap) == sum(calls)
