@@ -5,7 +5,10 @@ Both are extras (``pip install medattn3d[openvino]`` / ``[onnxruntime]``), never
 ``SliceInferer``, ``SimpleInferer``): it converts the PyTorch network on the first call, for that call's input shape
 with a dynamic batch axis (the last sliding-window batch may be smaller), and returns float32 logits as a torch
 tensor. Conversion goes straight from the PyTorch module (OpenVINO's ``convert_model``; ``torch.onnx.export`` for
-ONNX Runtime), so nothing is written to disk. Inference only: training and attention maps stay in PyTorch.
+ONNX Runtime). Converting to OpenVINO takes seconds (more than a whole volume's inference), so the converted model is
+cached on disk as OpenVINO IR, keyed by a hash of the network (its class, structure and weights), the input shape and
+the OpenVINO version, together with OpenVINO's compiled-model cache: only the first run of a set of weights pays
+for the conversion (:func:`openvino_cache_dir`). Inference only: training and attention maps stay in PyTorch.
 
 The ``"openvino-int8"`` runtime is the exception: it serves an INT8 model quantized ahead of time
 (``medattn3d export --format openvino-int8``, :mod:`medattn3d.engine.quantize`) from its OpenVINO IR on disk,
@@ -14,7 +17,12 @@ through :class:`IRNetwork`, since calibration needs training patches and takes f
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+LOGGER = logging.getLogger(__name__)
+CACHE_ENV = "MEDATTN3D_CACHE_DIR"
 RUNTIMES = ("auto", "torch", "openvino", "openvino-int8", "onnxruntime")
 INT8_EXPORT = "medattn3d export --bundle {bundle} --format openvino-int8"
 
@@ -104,6 +114,20 @@ class RuntimeNetwork(nn.Module):
 
 
 def _compile_openvino(network: nn.Module, example: torch.Tensor, precision: str, threads: int | None) -> Any:
+    cache = openvino_cache_dir()
+    source: Any = None
+    if cache is not None:
+        xml = cache / network_fingerprint(network, example) / "model.xml"
+        source = str(xml) if xml.is_file() else None
+    if source is None:
+        LOGGER.info("converting the network for OpenVINO (once per set of weights and window)")
+        model = _convert_openvino(network, example)
+        source = model if cache is None else _save_ir(model, xml)
+    return _compile_for_cpu(source, precision, example.device, threads, cache)
+
+
+def _convert_openvino(network: nn.Module, example: torch.Tensor) -> Any:
+    """The network as an OpenVINO model for ``example``'s shape, with a dynamic batch axis."""
     import openvino as ov
 
     with torch.no_grad():
@@ -111,17 +135,75 @@ def _compile_openvino(network: nn.Module, example: torch.Tensor, precision: str,
     shape = model.inputs[0].get_partial_shape()
     shape[0] = ov.Dimension.dynamic()
     model.reshape({model.inputs[0]: shape})
-    return _compile_for_cpu(model, precision, example.device, threads)
+    return model
 
 
-def _compile_for_cpu(model: Any, precision: str, device: torch.device, threads: int | None) -> Any:
-    """Compile an OpenVINO model (in memory or an IR path) for the CPU; returns ``array -> first output``."""
+def openvino_cache_dir() -> Path | None:
+    """Where converted OpenVINO models are cached: ``$MEDATTN3D_CACHE_DIR/openvino`` when that variable is set (an
+    empty value turns the cache off), else ``$XDG_CACHE_HOME/medattn3d/openvino`` (``~/.cache/...``). ``None`` when
+    caching is off or that folder cannot be created (then every run converts in memory)."""
+    root = os.environ.get(CACHE_ENV)
+    if root is None:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medattn3d")
+    if not root:
+        return None
+    folder = Path(root).expanduser() / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
+def network_fingerprint(network: nn.Module, example: torch.Tensor) -> str:
+    """A hex key that changes whenever the converted model would: the network's class and structure (``repr``), every
+    parameter and buffer (names, dtypes, shapes, values), the input's shape and dtype, and the OpenVINO version."""
+    import openvino as ov
+
+    digest = hashlib.blake2b(digest_size=16)
+    for text in (type(network).__qualname__, repr(network), str(tuple(example.shape)), str(example.dtype)):
+        digest.update(text.encode())
+    digest.update(ov.__version__.encode())
+    for name, tensor in network.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().data if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _save_ir(model: Any, xml: Path) -> Any:
+    """Write ``model`` as IR at ``xml`` (fp32 weights, as converted) through a temporary folder renamed into place,
+    so a concurrent or interrupted run never leaves a half-written model; returns the path, or the in-memory model
+    when the cache cannot be written."""
+    import openvino as ov
+
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=xml.parent.parent))
+        ov.save_model(model, str(staging / xml.name), compress_to_fp16=False)
+        try:
+            staging.rename(xml.parent)
+        except OSError:  # another run cached the same model first
+            shutil.rmtree(staging, ignore_errors=True)
+        return str(xml) if xml.is_file() else model
+    except OSError as err:
+        LOGGER.warning("could not cache the OpenVINO model in %s (%s); converting in memory", xml.parent.parent, err)
+        return model
+
+
+def _compile_for_cpu(
+    model: Any, precision: str, device: torch.device, threads: int | None, cache: Path | None = None
+) -> Any:
+    """Compile an OpenVINO model (in memory or an IR path) for the CPU; returns ``array -> first output``. With a
+    ``cache`` folder, OpenVINO keeps the compiled model there too (its own key: model, device, config)."""
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": openvino_precision_hint(precision, device)}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
-    compiled = ov.Core().compile_model(model, "CPU", config)
+    core = ov.Core()
+    if cache is not None:
+        core.set_property({"CACHE_DIR": str(cache / "compiled")})
+    compiled = core.compile_model(model, "CPU", config)
     output = compiled.outputs[0]
     return lambda array: compiled(array)[output]
 

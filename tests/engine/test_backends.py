@@ -59,3 +59,59 @@ def test_auto_runtime_is_openvino_on_cpu_where_installed_and_torch_elsewhere():
     assert resolve_runtime("auto", "cpu") == expected
     assert resolve_runtime("auto", "cuda") == "torch"
     assert resolve_runtime("torch", "cpu") == "torch"
+
+
+def _served(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return RuntimeNetwork(net, "openvino", precision="fp32")(x)
+
+
+def test_openvino_model_is_converted_once_and_served_from_the_cache(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from medattn3d.engine import backends
+
+    monkeypatch.setenv("MEDATTN3D_CACHE_DIR", str(tmp_path))
+    net = AttentionUNet(3, 1, 3, **SMALL).eval()
+    x = torch.randn(2, 1, 32, 32, 16)
+    first = _served(net, x)
+    cached = list((tmp_path / "openvino").glob("*/model.xml"))
+    assert len(cached) == 1 and cached[0].with_suffix(".bin").is_file()
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although the cache holds this network")
+
+    monkeypatch.setattr(backends, "_convert_openvino", no_conversion)
+    copy = AttentionUNet(3, 1, 3, **SMALL).eval()
+    copy.load_state_dict(net.state_dict())
+    again = _served(copy, x)
+    assert torch.equal(first, again)
+    with torch.no_grad():
+        assert (again - net(x)).abs().max() < 1e-3
+
+
+def test_changed_weights_or_window_get_their_own_cached_model(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("MEDATTN3D_CACHE_DIR", str(tmp_path))
+    net = AttentionUNet(3, 1, 3, **SMALL).eval()
+    x = torch.randn(1, 1, 32, 32, 16)
+    _served(net, x)
+    with torch.no_grad():
+        next(net.parameters()).add_(0.5)
+        expected = net(x)
+    assert (_served(net, x) - expected).abs().max() < 1e-3  # the new weights, not the cached old model
+    _served(net, torch.randn(1, 1, 32, 32, 32))
+    assert len(list((tmp_path / "openvino").glob("*/model.xml"))) == 3
+
+
+def test_an_empty_cache_setting_converts_in_memory(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from medattn3d.engine.backends import openvino_cache_dir
+
+    monkeypatch.setenv("MEDATTN3D_CACHE_DIR", "")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert openvino_cache_dir() is None
+    net = AttentionUNet(3, 1, 3, **SMALL).eval()
+    x = torch.randn(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        assert (_served(net, x) - net(x)).abs().max() < 1e-3
+    assert not any(tmp_path.rglob("*.xml"))
