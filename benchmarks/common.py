@@ -196,30 +196,42 @@ def count_gflop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
 
 def network_gflop(network: torch.nn.Module, example: torch.Tensor, train: bool = False) -> float:
     """GFLOP of one forward of ``network`` on ``example`` (``train=False``, under ``no_grad``), or of a training step's
-    forward + backward (``train=True``: the backward of the outputs' sum; the optimiser's update is element-wise and
-    counts 0). The network's mode (train/eval) is left as it is."""
+    forward + backward (``train=True``: the backward of the sum of every output tensor, deep-supervision heads in
+    lists/dicts included; the loss and the optimiser's update are element-wise and count 0). The network's mode
+    (train/eval) is left as it is: set it first where it changes the outputs. ``train=True`` runs a backward on the
+    network's parameters (gradients are cleared afterwards; BatchNorm running statistics do see one batch: pass a
+    ``copy.deepcopy`` if that matters)."""
     if not train:
         with torch.no_grad():
             return count_gflop(network, example)
 
+    def tensors(output: Any) -> list[torch.Tensor]:
+        if isinstance(output, torch.Tensor):
+            return [output]
+        values = output.values() if isinstance(output, dict) else output
+        return [t for value in values for t in tensors(value)]
+
     def step() -> None:
-        output = network(example)
-        outputs = output if isinstance(output, (list, tuple)) else [output]
-        sum(o.float().sum() for o in outputs).backward()
+        sum(t.float().sum() for t in tensors(network(example))).backward()
 
     gflop = count_gflop(step)
     network.zero_grad(set_to_none=True)
     return gflop
 
 
-def sliding_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float = 0.25) -> int:
+def sliding_windows(
+    image_size: Sequence[int], roi_size: Sequence[int] | int, overlap: Sequence[float] | float = 0.25
+) -> int:
     """How many windows MONAI's ``sliding_window_inference`` runs over an image of spatial ``image_size``: per axis
     one window if the axis fits in the window (it is padded), else ``ceil((size - roi) / step) + 1`` with
     ``step = int(roi * (1 - overlap))``. A whole volume's GFLOP is the network's per-window GFLOP times this (the
     Gaussian blending is element-wise)."""
+    dims = len(image_size)
+    rois = [roi_size] * dims if isinstance(roi_size, int) else list(roi_size)
+    overlaps = [overlap] * dims if isinstance(overlap, (int, float)) else list(overlap)
     count = 1
-    for size, roi in zip(image_size, roi_size, strict=True):
-        step = max(int(roi * (1 - overlap)), 1)
+    for size, roi, share in zip(image_size, rois, overlaps, strict=True):
+        step = max(int(roi * (1 - share)), 1)
         count *= 1 if size <= roi else math.ceil((size - roi) / step) + 1
     return count
 

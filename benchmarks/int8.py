@@ -36,7 +36,7 @@ from common import (
     run_case_in_subprocess,
     write_json,
 )
-from runtimes import SHAPE, ours
+from runtimes import SHAPE, ours, window
 
 REFERENCE = "ours, PyTorch (bundle path: bf16 weights, BN folded, channels-last)"
 CASES = (
@@ -48,12 +48,12 @@ CASES = (
 )
 
 
-def export_ir(folder: Path, patches: int = 4) -> Path:
+def export_ir(folder: Path, size: int, patches: int = 4) -> Path:
     """The benchmark network quantized to INT8 on ``patches`` random windows, saved as ``folder/model_int8.xml``."""
     from medattn3d.engine.quantize import quantize_network, save_ir
 
     generator = torch.Generator().manual_seed(0)
-    windows = list(torch.randn(patches, *SHAPE[1:], generator=generator))
+    windows = list(torch.randn(patches, *window(size)[1:], generator=generator))
     return save_ir(quantize_network(ours(), windows), folder / "model_int8.xml")
 
 
@@ -64,7 +64,7 @@ def run_case(case: dict) -> dict:
 
     name, repeats = case["name"], case["repeats"]
     tune_cpu_allocator()
-    x = torch.randn(SHAPE)
+    x = torch.randn(window(case["size"]))
     runtime = "openvino-int8" if "INT8" in name else "openvino" if "OpenVINO" in name else "torch"
     precision = "fp32" if "f32" in name else "bf16"
     network = prepare_for_inference(ours(), precision, runtime=runtime, ir_path=case["ir"])
@@ -77,19 +77,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=SHAPE[-1], help="window edge (default 96; small for a quick check)")
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
     peaks = matmul_peaks()
-    gflop = network_gflop(ours(), torch.zeros(SHAPE))
+    gflop = network_gflop(ours(), torch.zeros(window(args.size)))
     rows = peak_rows(peaks)
     with tempfile.TemporaryDirectory() as tmp:
-        ir = str(export_ir(Path(tmp)))
+        ir = str(export_ir(Path(tmp), args.size))
         for name in CASES:
             try:
-                result = run_case_in_subprocess(__file__, {"name": name, "repeats": args.repeats, "ir": ir})
+                result = run_case_in_subprocess(
+                    __file__, {"name": name, "repeats": args.repeats, "ir": ir, "size": args.size}
+                )
             except CaseFailedError as err:
                 rows.append({"case": name, "error": str(err)})
                 continue
@@ -99,7 +102,13 @@ def main() -> None:
         if "median_s" in row and not row["case"].startswith("matmul"):
             row["speed_vs_bundle_path"] = reference["median_s"] / row["median_s"]
     print_table(rows, ["case", "median_s", "gflop", "gflop_per_s", "pct_bf16_peak", "speed_vs_bundle_path"])
-    payload = {"benchmark": "int8", "machine": machine(), "matmul_peaks": peaks, "shape": SHAPE, "rows": rows}
+    payload = {
+        "benchmark": "int8",
+        "machine": machine(),
+        "matmul_peaks": peaks,
+        "shape": window(args.size),
+        "rows": rows,
+    }
     write_json(args.json, {**payload, "note": "shared machine: noisy"})
 
 

@@ -45,6 +45,11 @@ CASES = (
 )
 
 
+def window(size: int) -> tuple[int, ...]:
+    """The benchmark's input: one single-channel ``size``^3 window."""
+    return (1, 1, size, size, size)
+
+
 def ours() -> torch.nn.Module:
     from medattn3d.networks import AttentionUNet
 
@@ -66,7 +71,7 @@ def run_case(case: dict) -> dict:
 
     name, repeats = case["name"], case["repeats"]
     tune_cpu_allocator()
-    x = torch.randn(SHAPE)
+    x = torch.randn(window(case["size"]))
     if name.startswith("MONAI"):
         network = monai_attention_unet()
         inferer = PrecisionInferer(SimpleInferer(), "fp32" if "fp32" in name else "bf16", "channels-last" in name)
@@ -84,18 +89,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=SHAPE[-1], help="window edge (default 96; small for a quick check)")
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
     peaks = matmul_peaks()
-    x = torch.zeros(SHAPE)
+    x = torch.zeros(window(args.size))
     gflop = {"ours": network_gflop(ours(), x), "MONAI": network_gflop(monai_attention_unet(), x)}
     rows = peak_rows(peaks)
     for name in CASES:
         try:
-            result = run_case_in_subprocess(__file__, {"name": name, "repeats": args.repeats})
+            result = run_case_in_subprocess(__file__, {"name": name, "repeats": args.repeats, "size": args.size})
         except CaseFailedError as err:
             rows.append({"case": name, "error": str(err)})
             continue
@@ -107,7 +113,13 @@ def main() -> None:
         if "median_s" in row and not row["case"].startswith("matmul"):
             row["speed_vs_bundle_path"] = bundle["median_s"] / row["median_s"]
     print_table(rows, ["case", "median_s", "gflop", "gflop_per_s", "pct_bf16_peak", "speed_vs_bundle_path"])
-    payload = {"benchmark": "runtimes", "machine": machine(), "matmul_peaks": peaks, "shape": SHAPE, "rows": rows}
+    payload = {
+        "benchmark": "runtimes",
+        "machine": machine(),
+        "matmul_peaks": peaks,
+        "shape": window(args.size),
+        "rows": rows,
+    }
     write_json(args.json, payload)
 
 
