@@ -11,8 +11,12 @@ so every run ends its schedule. Data pipeline, optimiser, loss, patch size, prec
 
 Scored once, on the final weights, on the demo's validation cases: Dice per class (sliding window, argmax), and for
 the gated network the inside/outside concentration (:func:`medattn3d.explain.class_ratios`) of every gate level on
-every class. Setup (caching the data) and scoring are outside the budget. Runs go two at a time in fresh processes,
-interleaved by seed so an interrupted benchmark still holds whole seeds; the JSON is rewritten after every run.
+every class. Arithmetic: a training step's GFLOP (forward + backward, ``common.network_gflop`` on the run's batch
+shape, counted after the budget on a copy of the network) x steps, per CPU second of the run, next to the
+one-thread fp32/bf16 matmul peaks measured at the start (``matmul_peaks``; the rate includes data loading, loss and
+optimiser time, which do little arithmetic). Setup (caching the data) and scoring are outside the budget. Runs go
+two at a time in fresh processes, interleaved by seed so an interrupted benchmark still holds whole seeds; the JSON
+is rewritten after every run.
 
     .venv/bin/python benchmarks/attention_on_off.py                       # 3 seeds x 3 networks, 120 CPU-s each
     .venv/bin/python benchmarks/attention_on_off.py --budget 20 --seeds 1  # a quick look
@@ -21,6 +25,7 @@ interleaved by seed so an interrupted benchmark still holds whole seeds; the JSO
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import multiprocessing
 import statistics
@@ -36,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, print_table, write_json  # noqa: E402
+from benchmarks.common import add_throughput, machine, matmul_peaks, network_gflop, print_table, write_json  # noqa: E402
 
 MODELS = ("attention_gates", "no_gates", "monai_unet")
 BUNDLE = ROOT / "bundles" / "attention_unet_3d"
@@ -116,13 +121,14 @@ def train_and_score(model: str, seed: int, budget: float, bundle: str) -> dict[s
     setup_s = time.perf_counter() - setup_start
 
     network.train()
-    steps, losses, used = 0, [], 0.0
+    steps, losses, used, batch_shape = 0, [], 0.0, None
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     while used < budget:
         for batch in loader:
             for group in optimizer.param_groups:
                 group["lr"] = base_lr * 0.5 * (1 + math.cos(math.pi * min(used / budget, 1.0)))
             optimizer.zero_grad(set_to_none=True)
+            batch_shape = batch_shape or list(batch["image"].shape)
             loss = loss_fn(inferer(batch["image"], network), batch["label"])
             loss.backward()
             optimizer.step()
@@ -132,6 +138,8 @@ def train_and_score(model: str, seed: int, budget: float, bundle: str) -> dict[s
             if used >= budget:
                 break
     wall_s = time.perf_counter() - wall_start
+    # a training step's arithmetic (forward + backward), counted after the budget on a copy: training is untouched
+    step_gflop = network_gflop(copy.deepcopy(network), torch.zeros(batch_shape), train=True)
 
     score = score_network(network, model, val_ds, config)
     return {
@@ -143,6 +151,8 @@ def train_and_score(model: str, seed: int, budget: float, bundle: str) -> dict[s
         "steps": steps,
         "patches": steps * int(config["num_samples"]),
         "cpu_s_per_step": used / max(steps, 1),
+        "batch_shape": batch_shape,
+        "step_gflop": step_gflop,
         "final_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
         "setup_wall_s": setup_s,
         "parameters": sum(p.numel() for p in network.parameters()),
@@ -220,6 +230,11 @@ def summarise(runs: list[dict[str, Any]], class_names: dict[str, str]) -> dict[s
             "steps": stats([float(r["steps"]) for r in mine]),
             "train_cpu_s": stats([r["train_cpu_s"] for r in mine]),
         }
+        if all(r.get("gflop_per_s") is not None for r in mine):
+            entry["step_gflop"] = mine[0]["step_gflop"]
+            entry["gflop_per_s"] = stats([r["gflop_per_s"] for r in mine])
+            entry["pct_fp32_peak"] = stats([r["pct_fp32_peak"] for r in mine])
+            entry["pct_bf16_peak"] = stats([r["pct_bf16_peak"] for r in mine])
         if "attention_ratio" in mine[0]:
             ratios = mine[0]["attention_ratio"]
             entry["attention_ratio"] = {
@@ -243,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "attention_on_off.json"))
     args = parser.parse_args(argv)
 
+    peaks = matmul_peaks(threads=1)  # each run trains on one torch thread: its floor is the one-thread peak
     config = bundle_config(Path(args.bundle))
     class_names = {k: v for k, v in config["class_names"].items() if k != "0"}
     jobs = [(model, seed) for seed in range(args.seeds) for model in args.models]
@@ -253,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "bundle": Path(args.bundle).name,
         "budget_cpu_s": args.budget,
         "class_names": class_names,
+        "matmul_peaks": peaks,
         "note": (
             "Equal process CPU time per run (time.process_time, 1 torch thread), cosine LR over the budget, final "
             "weights scored on the demo's validation cases. Shared 2-core machine: CPU seconds are less noisy than "
@@ -266,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         futures = {pool.submit(train_and_score, m, s, args.budget, args.bundle): (m, s) for m, s in jobs}
         for future in as_completed(futures):
             run = future.result()
+            add_throughput(run, run["step_gflop"] * run["steps"], peaks, seconds=run["train_cpu_s"])
             payload["runs"].append(run)
             payload["runs"].sort(key=lambda r: (r["seed"], MODELS.index(r["model"])))
             payload["summary"] = summarise(payload["runs"], class_names)
@@ -282,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         row = {"model": model, "seeds": len(entry["seeds"]), "steps": round(entry["steps"]["mean"])}
         row |= {name: f"{d['mean']:.3f}±{d['std']:.3f}" for name, d in entry["dice"].items()}
         row["mean"] = f"{entry['mean_dice']['mean']:.3f}±{entry['mean_dice']['std']:.3f}"
+        row["GFLOP/CPU-s"] = f"{entry['gflop_per_s']['mean']:.1f}" if "gflop_per_s" in entry else ""
         rows.append(row)
-    print_table(rows, ["model", "seeds", "steps", *class_names.values(), "mean"])
+    print_table(rows, ["model", "seeds", "steps", *class_names.values(), "mean", "GFLOP/CPU-s"])
     gated = payload["summary"].get("attention_gates", {}).get("attention_ratio", {})
     for level, ratios in gated.items():
         print(f"attention {level}: " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in ratios.items()))

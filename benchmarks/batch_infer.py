@@ -8,6 +8,11 @@ speed of a forward pass does not depend on the weight values). Both ways run the
 processes on the CPU, so the single runs pay what a user's loop pays each time: Python and torch start-up, MONAI's
 config parsing, building the network and preparing its weights. The per-run fixed cost is ``(single - batch) /
 (cases - 1)`` and the per-case cost of the batch run ``batch / cases``.
+
+GFLOP per case: the bundle network's GFLOP per window (``common.network_gflop``) times the windows its sliding
+window runs over a case after the bundle's own preprocessing (``common.sliding_windows``); each row's GFLOP/s is
+that arithmetic over the row's wall time (process start-up, I/O and all, so far below the network's own rate), next
+to the fp32/bf16 matmul peaks measured at the start of the run (``matmul_peaks`` in the JSON).
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_json
+from common import add_throughput, machine, matmul_peaks, network_gflop, print_table, sliding_windows, write_json
 
 CLI = [sys.executable, "-m", "medattn3d.cli"]
 
@@ -49,17 +55,35 @@ def write_cases(folder: Path, cases: int, shape: tuple[int, int, int]) -> list[P
     return paths
 
 
-def random_weights(path: Path) -> Path:
-    """Random weights for the shipped 3D Attention U-Net (its own config builds the network)."""
+def inference_config() -> Any:
+    """The shipped 3D Attention U-Net's parsed ``inference.json`` (rooted at the bundle)."""
     from monai.bundle import ConfigParser
 
     from medattn3d.bundles import resolve_bundle
 
     parser = ConfigParser()
     parser.read_config(str(resolve_bundle("attention_unet_3d") / "configs" / "inference.json"))
+    parser["bundle_root"] = str(resolve_bundle("attention_unet_3d"))
+    return parser
+
+
+def random_weights(path: Path) -> Path:
+    """Random weights for the shipped 3D Attention U-Net (its own config builds the network)."""
     torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    torch.save(inference_config().get_parsed_content("network_def").state_dict(), path)
     return path
+
+
+def gflop_per_case(case: Path) -> tuple[float, int, list[int]]:
+    """GFLOP of the bundle's sliding-window inference on ``case`` (per-window network GFLOP x windows over the case
+    as the bundle's preprocessing resamples it), the window count and the resampled spatial shape."""
+    parser = inference_config()
+    spatial = list(parser.get_parsed_content("preprocessing")({"image": str(case)})["image"].shape[1:])
+    roi, overlap = parser.get_parsed_content("roi_size"), parser.get_parsed_content("overlap")
+    network = parser.get_parsed_content("network_def").eval()
+    per_window = network_gflop(network, torch.zeros(1, parser.get_parsed_content("in_channels"), *roi))
+    windows = sliding_windows(spatial, roi, overlap)
+    return per_window * windows, windows, spatial
 
 
 def timed(cmd: list[str]) -> float:
@@ -74,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=(256, 256, 64))
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    peaks = matmul_peaks()
     root = Path(tempfile.mkdtemp(prefix="medattn3d-batch-"))
     try:
         inputs = root / "in"
         inputs.mkdir()
         paths = write_cases(inputs, args.cases, tuple(args.shape))
         weights = random_weights(root / "model.pt")
+        case_gflop, windows, spatial = gflop_per_case(paths[0])  # every case has the same shape
         common = ["--bundle", "attention_unet_3d", "--checkpoint", str(weights), "--device", "cpu", "-q"]
         batch = timed([*CLI, "infer", "-i", str(inputs), "-o", str(root / "batch"), *common])
         singles = [timed([*CLI, "infer", "-i", str(p), "-o", str(root / "single"), *common]) for p in paths]
@@ -89,18 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     single = sum(singles)
     rows = [
-        {
-            "way": f"one run over {args.cases} volumes",
-            "total (s)": f"{batch:.1f}",
-            "per case (s)": f"{batch / args.cases:.2f}",
-        },
-        {
-            "way": f"{args.cases} single runs",
-            "total (s)": f"{single:.1f}",
-            "per case (s)": f"{single / args.cases:.2f}",
-        },
+        {"way": f"one run over {args.cases} volumes", "total_s": batch, "per_case_s": batch / args.cases},
+        {"way": f"{args.cases} single runs", "total_s": single, "per_case_s": single / args.cases},
     ]
-    print_table(rows, ["way", "total (s)", "per case (s)"])
+    for row in rows:
+        add_throughput(row, case_gflop * args.cases, peaks, seconds=row["total_s"])
+    print_table(rows, ["way", "total_s", "per_case_s", "gflop", "gflop_per_s", "pct_bf16_peak"])
     fixed = (single - batch) / max(args.cases - 1, 1)
     print(f"batch / single: {batch / single:.2f}; fixed cost per run: {fixed:.1f} s")
     write_json(
@@ -108,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "benchmark": "batch_infer",
             "machine": machine(),
+            "matmul_peaks": peaks,
             "cases": args.cases,
             "shape": list(args.shape),
             "spacing_mm": [0.8, 0.8, 2.5],
@@ -118,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             "batch_per_case_s": round(batch / args.cases, 3),
             "fixed_cost_per_run_s": round(fixed, 2),
             "batch_over_single": round(batch / single, 3),
+            "network_space_shape": spatial,
+            "windows_per_case": windows,
+            "gflop_per_case": case_gflop,
+            "rows": rows,
         },
     )
     return 0

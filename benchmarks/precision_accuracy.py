@@ -4,7 +4,10 @@
 
 Runs the bundle's evaluate configuration twice (``--precision fp32`` / ``bf16``, channels-last both times) on its
 validation cases (default: the demo data) with ``models/model.pt``, and reports the mean and per-class Dice of each
-and their difference.
+and their difference. The Dice rows are accuracy, not timings (``gflop: None`` with a reason); the two evaluation
+runs are timed whole (``runs`` in the JSON: wall seconds of ``run_bundle`` including its start-up and data loading)
+with the GFLOP of their sliding-window inference (network GFLOP per window x the validation volumes' windows) and
+GFLOP/s next to the fp32/bf16 matmul peaks measured at the start (``matmul_peaks``).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_json
+from common import add_throughput, machine, matmul_peaks, print_table, write_json
+from runtime_agreement import bundle_parts, gflop_per_volume
 
 
 def evaluate(bundle: Path, precision: str, output_dir: Path) -> dict[str, float]:
@@ -33,8 +38,16 @@ def main() -> None:
     args = parser.parse_args()
     from medattn3d.bundles import bundle_path
 
+    peaks = matmul_peaks()
     bundle = bundle_path(args.bundle)
-    results = {p: evaluate(bundle, p, bundle / "eval" / f"precision_{p}") for p in ("fp32", "bf16")}
+    config, cases, _ = bundle_parts(bundle)
+    volume_gflop, windows = gflop_per_volume(bundle, config, cases)
+    results, runs = {}, []
+    for precision in ("fp32", "bf16"):
+        start = time.perf_counter()
+        results[precision] = evaluate(bundle, precision, bundle / "eval" / f"precision_{precision}")
+        run = {"precision": precision, "seconds": time.perf_counter() - start, "volumes": len(cases)}
+        runs.append(add_throughput(run, volume_gflop * len(cases), peaks, seconds=run["seconds"]))
     rows = [
         {
             "class": name,
@@ -44,8 +57,12 @@ def main() -> None:
         }
         for name in results["fp32"]
     ]
+    for row in rows:
+        add_throughput(row, None, peaks, reason="accuracy (Dice), not a timing; see runs for the evaluations' GFLOP/s")
     print_table(rows, ["class", "dice_fp32", "dice_bf16", "difference"])
-    payload = {"benchmark": "precision_accuracy", "bundle": args.bundle, "machine": machine(), "rows": rows}
+    print_table(runs, ["precision", "seconds", "gflop", "gflop_per_s", "pct_bf16_peak"])
+    payload = {"benchmark": "precision_accuracy", "bundle": args.bundle, "machine": machine(), "matmul_peaks": peaks}
+    payload |= {"windows": windows, "rows": rows, "runs": runs}
     write_json(args.json, payload)
 
 

@@ -1,21 +1,33 @@
 """Render benchmarks/results/*.json as the Markdown tables of docs/benchmarks.md.
 
-.venv/bin/python benchmarks/report.py > /tmp/tables.md
+    .venv/bin/python benchmarks/report.py > /tmp/tables.md
+    .venv/bin/python benchmarks/report.py runtimes whole_volume     # only these results
+
+Every table whose JSON carries ``matmul_peaks`` (``common.matmul_peaks``, measured in the same run) opens with a line
+giving this machine's fp32 and bf16 matmul peaks, and every table whose rows carry ``gflop`` (``common.add_throughput``)
+ends with four columns: GFLOP, GFLOP/s, % of the fp32 peak, % of the bf16 peak. A row without arithmetic to speak of
+shows "-" there, and the table's footnote gives the reason its JSON records (``gflop_reason``).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+Column = tuple[str, str | Callable[[dict], Any], int | None]  # header, row key (or function of the row), digits
+THROUGHPUT_HEADER = ["GFLOP", "GFLOP/s", "% fp32 peak", "% bf16 peak"]
 
 
-def _fmt(value, digits: int = 3) -> str:
+def _fmt(value: Any, digits: int | None = 3) -> str:
     if value is None or value == "":
         return ""
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.{3 if digits is None else digits}f}"
+    return str(value)
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> str:
@@ -25,97 +37,230 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _rows(path: Path) -> list[dict]:
-    return json.loads(path.read_text(encoding="utf-8"))["rows"]
-
-
-def network_step(path: Path) -> str:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    header = ["mode", "network", "precision", "layout", "median s", "speed-up vs MONAI AttentionUnet fp32"]
-    header += ["peak MiB", "GFLOP", "GFLOP/s"]
-    rows = (
-        [r["mode"], r["net"], r["precision"], r["layout"], _fmt(r["median_s"])]
-        + [f"{_fmt(r.get('speedup_vs_monai_attunet_fp32'), 2)}x", _fmt(r["peak_mem_mib"], 0)]
-        + [_fmt(r["gflop"], 1), _fmt(r["gflop_per_s"], 0)]
-        for r in data["rows"]
+def peaks_line(data: dict) -> str:
+    """'Matmul peaks in this run: ...' from the JSON's ``matmul_peaks``; empty when it has none."""
+    peaks = data.get("matmul_peaks")
+    if not peaks:
+        return ""
+    return (
+        f"Matmul peaks measured in this run: fp32 {peaks['fp32_gflop_per_s']:.0f} GFLOP/s, bf16 "
+        f"{peaks['bf16_gflop_per_s']:.0f} GFLOP/s ({peaks['n']} x {peaks['n']} square matmul, {peaks['threads']} "
+        f"thread(s), median of {peaks['repeats']})."
     )
-    size = " x ".join([str(data["size"])] * data["dims"])
-    return f"Input 1 x 1 x {size}, batch 1.\n\n" + _table(header, rows)
 
 
-def _position_attention_cells(r: dict) -> list[str]:
-    if "skipped" in r and "median_s" not in r:
-        return [r["positions"], r["impl"], f"skipped: {r['skipped']}", "", "", ""]
-    ratio = r.get("memory_ratio_vs_naive")
-    return [r["positions"], r["impl"], _fmt(r["median_s"]), _fmt(r["peak_mem_mib"], 0)] + [
-        _fmt(ratio, 3) if ratio is not None else "",
-        _fmt(r.get("max_abs_diff_vs_naive"), 7),
+def throughput_cells(row: dict) -> list[str]:
+    """GFLOP, GFLOP/s, % of the fp32 and bf16 peaks of one row; "-" for a row that records no GFLOP."""
+    if row.get("gflop") is None:
+        return ["-"] * 4 if "gflop_reason" in row or "gflop" in row else [""] * 4
+    return [
+        _fmt(row["gflop"], 1),
+        _fmt(row.get("gflop_per_s"), 0),
+        _fmt(row.get("pct_fp32_peak"), 0),
+        _fmt(row.get("pct_bf16_peak"), 0),
     ]
 
 
-def position_attention(path: Path) -> str:
-    header = ["positions", "implementation", "median s (fwd+bwd)", "peak MiB", "memory vs naive"]
-    return _table(header + ["max abs diff vs naive"], map(_position_attention_cells, _rows(path)))
+def render(data: dict, columns: list[Column], rows: list[dict] | None = None, intro: str = "") -> str:
+    """The peaks line, ``intro``, a table of ``columns`` (+ the throughput columns when rows have them) and a
+    footnote with the reasons of rows without GFLOP."""
+    rows = data.get("rows", []) if rows is None else rows
+    with_flops = any("gflop" in r for r in rows)
+    header = [c[0] for c in columns] + (THROUGHPUT_HEADER if with_flops else [])
+
+    def cells(row: dict) -> list[str]:
+        values = [key(row) if callable(key) else row.get(key) for _, key, _ in columns]
+        out = [_fmt(v, digits) for v, (_, _, digits) in zip(values, columns, strict=True)]
+        return out + (throughput_cells(row) if with_flops else [])
+
+    reasons = dict.fromkeys(r["gflop_reason"] for r in rows if r.get("gflop_reason"))
+    parts = [p for p in (peaks_line(data), intro, _table(header, map(cells, rows))) if p]
+    if reasons:
+        parts.append('No GFLOP/s ("-"): ' + "; ".join(reasons) + ".")
+    return "\n\n".join(parts)
 
 
-def whole_volume(path: Path) -> str:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    header = ["pipeline", "total s", "load + preprocess s", "inference s", "invert + save s", "voxels/s"]
-    rows = (
-        [r["pipeline"], _fmt(r["total_s"], 1), _fmt(r["load_preprocess_s"], 1), _fmt(r["infer_s"], 1)]
-        + [_fmt(r["invert_save_s"], 1), f"{r['voxels_per_s'] / 1e6:.2f} M", _fmt(r["peak_rss_mib"], 0)]
-        + [_fmt(r.get("speedup"), 2)]
-        for r in data["rows"]
+def _speedup(key: str) -> Callable[[dict], str]:
+    return lambda r: f"{r[key]:.2f}x" if isinstance(r.get(key), float) else ""
+
+
+def network_step(data: dict) -> str:
+    columns: list[Column] = [("mode", "mode", None), ("network", "net", None)]
+    if "precision" in data["rows"][0]:
+        columns += [("precision", "precision", None), ("layout", "layout", None)]
+    columns += [
+        ("median s", "median_s", 3),
+        ("speed-up vs MONAI AttentionUnet fp32", _speedup("speedup_vs_monai_attunet_fp32"), None),
+    ]
+    if "peak_mem_mib" in data["rows"][0]:
+        columns.append(("peak MiB", "peak_mem_mib", 0))
+    size = " x ".join([str(data["size"])] * data.get("dims", 3))
+    return render(data, columns, intro=f"Input 1 x 1 x {size}, batch 1.")
+
+
+def position_attention(data: dict) -> str:
+    def timing(r: dict) -> str:
+        return f"skipped: {r['skipped']}" if "skipped" in r and "median_s" not in r else _fmt(r.get("median_s"))
+
+    columns: list[Column] = [("positions", "positions", None), ("implementation", "impl", None)]
+    if "dtype" in data["rows"][0]:
+        columns.insert(0, ("dtype", "dtype", None))
+        columns += [("median s", timing, None), ("speed vs ours", "speed_vs_ours", 2)]
+        return render(data, columns)
+    columns += [("median s (fwd+bwd)", timing, None), ("peak MiB", "peak_mem_mib", 0)]
+    columns += [("memory vs naive", "memory_ratio_vs_naive", 3), ("max abs diff vs naive", "max_abs_diff_vs_naive", 7)]
+    return render(data, columns)
+
+
+def whole_volume(data: dict) -> str:
+    columns: list[Column] = [
+        ("pipeline", "pipeline", None),
+        ("total s", "total_s", 1),
+        ("load + preprocess s", "load_preprocess_s", 2),
+        ("inference s", "infer_s", 2),
+        ("invert + save s", "invert_save_s", 2),
+        ("voxels/s", lambda r: f"{r['voxels_per_s'] / 1e6:.2f} M" if r.get("voxels_per_s") else "", None),
+        ("peak RSS MiB", "peak_rss_mib", 0),
+        ("speed-up", _speedup("speedup"), None),
+    ]
+    return render(data, columns, intro=f"Volume {' x '.join(map(str, data['shape']))}.")
+
+
+def precision_accuracy(data: dict) -> str:
+    def signed(r: dict) -> str:
+        return f"{r['difference']:+.4f}"
+
+    columns: list[Column] = [("class", "class", None), ("Dice fp32", "dice_fp32", 4), ("Dice bf16", "dice_bf16", 4)]
+    text = render({"rows": data["rows"]}, [*columns, ("difference", signed, None)])
+    text = "\n\n".join(p for p in (peaks_line(data), text.split("\n\nNo GFLOP/s")[0]) if p)
+    if data.get("runs"):
+        runs: list[Column] = [("evaluation", "precision", None), ("wall s (whole run)", "seconds", 1)]
+        text += "\n\n" + render({}, [*runs, ("volumes", "volumes", None)], rows=data["runs"])
+    return text
+
+
+def conv3d_bf16_gradients(data: dict) -> str:
+    columns: list[Column] = [
+        ("layer", "layer", None),
+        ("input D x H x W", "input_dhw", None),
+        ("kernel", "kernel", None),
+        ("weight-gradient error, plain bf16", lambda r: f"{r['error_plain']:.3g}", None),
+        ("with the guard", lambda r: f"{r['error_guarded']:.3g}", None),
+    ]
+    return render(data, columns)
+
+
+def pipeline_steps(data: dict) -> str:
+    columns: list[Column] = [
+        ("step", "step", None),
+        ("MONAI default s", "monai_s", 2),
+        ("medattn3d s", "medattn3d_s", 2),
+        ("speed-up", "speedup", 1),
+    ]
+    return render(data, columns)
+
+
+def forward_allocator(data: dict) -> str:
+    columns: list[Column] = [
+        ("step", "mode", None),
+        ("network", "net", None),
+        ("allocator", "allocator", None),
+        ("median s per step", "median_s", 3),
+        ("minor page faults per step", lambda r: f"{r['faults_per_forward']:.0f}", None),
+        ("speed-up", "speedup_vs_default", 2),
+    ]
+    return render(data, columns)
+
+
+def forward_compile(data: dict) -> str:
+    columns: list[Column] = [
+        ("network", "net", None),
+        ("eager s", "eager_s", 3),
+        ("torch.compile: compile s", "compile_s", 1),
+        ("compiled s", "compiled_s", 3),
+        ("speed-up", "speedup", 2),
+    ]
+    return render(data, columns)
+
+
+def runtimes(data: dict) -> str:
+    columns: list[Column] = [
+        ("case", "case", None),
+        ("median s", "median_s", 3),
+        ("vs the bundle path", _speedup("speed_vs_bundle_path"), None),
+    ]
+    return render(data, columns, intro=f"Input {' x '.join(map(str, data['shape']))}.")
+
+
+def runtime_agreement(data: dict) -> str:
+    columns: list[Column] = [
+        ("runtime", "runtime", None),
+        ("median s per volume", "median_s_per_volume", 3),
+        ("vs the PyTorch path", _speedup("speedup_vs_pytorch_path"), None),
+        ("argmax agreement with the PyTorch path", "agreement_vs_pytorch_path", 5),
+        ("largest probability difference vs fp32", "max_prob_diff_vs_fp32", 3),
+        ("mean Dice", "mean_dice", 4),
+        ("largest Dice change vs fp32", "max_dice_delta_vs_fp32", 4),
+    ]
+    volumes = len(data.get("validation_volumes", []))
+    intro = f"{volumes} validation volumes, {data.get('voxels', 0) / 1e6:.2f} M voxels"
+    if data.get("windows"):
+        intro += f", {sum(data['windows'])} windows ({data['gflop_per_volume']:.0f} GFLOP per volume)"
+    return render(data, columns, intro=intro + ".")
+
+
+def batch_infer(data: dict) -> str:
+    columns: list[Column] = [("way", "way", None), ("total s", "total_s", 1), ("per case s", "per_case_s", 2)]
+    intro = (
+        f"{data['cases']} volumes of {' x '.join(map(str, data['shape']))}; fixed cost per run "
+        f"{data['fixed_cost_per_run_s']:.1f} s."
     )
-    volume = " x ".join(map(str, data["shape"]))
-    return f"Volume {volume}.\n\n" + _table(header + ["peak RSS MiB", "speed-up"], rows)
+    return render(data, columns, intro=intro) if data.get("rows") else intro
 
 
-def precision_accuracy(path: Path) -> str:
-    rows = (
-        [r["class"], f"{r['dice_fp32']:.4f}", f"{r['dice_bf16']:.4f}", f"{r['difference']:+.4f}"] for r in _rows(path)
+def attention_on_off(data: dict) -> str:
+    names = data.get("class_names", {})
+    rows = []
+    for model, entry in data.get("summary", {}).items():
+        row = {"model": model, "steps": round(entry["steps"]["mean"])}
+        row |= {name: f"{d['mean']:.3f} +- {d['std']:.3f}" for name, d in entry["dice"].items()}
+        row["mean"] = f"{entry['mean_dice']['mean']:.3f} +- {entry['mean_dice']['std']:.3f}"
+        if "gflop_per_s" in entry:
+            rate = entry["gflop_per_s"]["mean"]
+            row |= {"gflop": entry["step_gflop"], "gflop_per_s": rate}
+            row |= {f"pct_{p}_peak": entry[f"pct_{p}_peak"]["mean"] for p in ("fp32", "bf16")}
+        rows.append(row)
+    columns: list[Column] = [("network", "model", None), ("steps", "steps", None)]
+    columns += [(name, name, None) for name in names.values()] + [("mean", "mean", None)]
+    text = render(data, columns, rows=rows)
+    if any("gflop" in r for r in rows):
+        text += "\n\nGFLOP is one training step's (forward + backward); GFLOP/s is per CPU second of one thread."
+    return text
+
+
+def generic(data: dict) -> str:
+    """Any other result with rows (dicom_seg, fingerprint, ...): every scalar field as a column."""
+    skip = {"gflop", "gflop_per_s", "pct_fp32_peak", "pct_bf16_peak", "gflop_reason"}
+    keys = list(
+        dict.fromkeys(k for r in data["rows"] for k, v in r.items() if k not in skip and not isinstance(v, list))
     )
-    return _table(["class", "Dice fp32", "Dice bf16", "difference"], rows)
+    return render(data, [(k, k, 3) for k in keys])
 
 
-def conv3d_bf16_gradients(path: Path) -> str:
-    header = ["layer", "input D x H x W", "kernel", "weight-gradient error, plain bf16", "with the guard"]
-    rows = (
-        [r["layer"], r["input_dhw"], str(r["kernel"]), f"{r['error_plain']:.3g}", f"{r['error_guarded']:.3g}"]
-        for r in _rows(path)
-    )
-    return _table(header, rows)
-
-
-def pipeline_steps(path: Path) -> str:
-    rows = ([r["step"], _fmt(r["monai_s"], 2), _fmt(r["medattn3d_s"], 2), _fmt(r["speedup"], 1)] for r in _rows(path))
-    return _table(["step", "MONAI default s", "medattn3d s", "speed-up"], rows)
-
-
-def forward_allocator(path: Path) -> str:
-    header = ["step", "network", "allocator", "median s per step", "minor page faults per step", "speed-up"]
-    rows = (
-        [r["mode"], r["net"], r["allocator"], _fmt(r["median_s"])]
-        + [f"{r['faults_per_forward']:.0f}", _fmt(r.get("speedup_vs_default"), 2)]
-        for r in _rows(path)
-    )
-    return _table(header, rows)
-
-
-def forward_compile(path: Path) -> str:
-    header = ["network", "eager s", "torch.compile: compile s", "compiled s", "speed-up"]
-    rows = (
-        [r["net"], _fmt(r["eager_s"]), _fmt(r["compile_s"], 1), _fmt(r["compiled_s"]), _fmt(r["speedup"], 2)]
-        for r in _rows(path)
-    )
-    return _table(header, rows)
-
-
-RENDERERS: dict[str, Callable[[Path], str]] = {
+RENDERERS: dict[str, Callable[[dict], str]] = {
+    "runtimes": runtimes,
+    "int8": runtimes,
+    "runtime_agreement": runtime_agreement,
     "network_step_3d": network_step,
     "network_step_2d": network_step,
+    "network_step_paired": network_step,
     "position_attention": position_attention,
+    "position_attention_kernels": position_attention,
     "whole_volume": whole_volume,
+    "batch_infer": batch_infer,
+    "dicom_seg": generic,
+    "fingerprint": generic,
+    "attention_on_off": attention_on_off,
     "precision_accuracy": precision_accuracy,
     "conv3d_bf16_gradients": conv3d_bf16_gradients,
     "pipeline_steps": pipeline_steps,
@@ -124,12 +269,17 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
 }
 
 
-def main() -> None:
-    for name, render in RENDERERS.items():
+def main(argv: list[str] | None = None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or list(RENDERERS)
+    for name in names:
         path = RESULTS / f"{name}.json"
+        if name not in RENDERERS:
+            print(f"error: {name}: no renderer (known: {', '.join(RENDERERS)})", file=sys.stderr)
+            return 2
         if path.is_file():
-            print(f"### {name}\n\n{render(path)}\n")
+            print(f"### {name}\n\n{RENDERERS[name](json.loads(path.read_text(encoding='utf-8')))}\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,7 +11,9 @@ the bf16 and f32 hints for its layers left in floating point. For each: argmax a
 with PyTorch fp32 over every voxel of every validation volume (network space), the largest softmax-probability
 difference, Dice per class against the truth (MONAI ``DiceMetric``, background excluded, mean over volumes), and
 the median seconds per volume (network + sliding window; preprocessing is the same for all and left out) with the
-speed-up over the PyTorch path. Targets (issue 12): agreement >= 0.999; INT8 Dice within 0.005 of fp32 per class.
+speed-up over the PyTorch path, and GFLOP/s: the network's GFLOP per window (``common.network_gflop``) times the
+volumes' mean window count, per second, next to the fp32/bf16 matmul peaks measured at the start of the run.
+Targets (issue 12): agreement >= 0.999; INT8 Dice within 0.005 of fp32 per class.
 
 Predictions are compared in this process; each runtime is then timed in a fresh process of its own (medians of
 ``--repeats`` passes over the volumes after a warm-up), so one runtime's thread pool (OpenVINO's TBB workers, PyTorch's
@@ -32,7 +34,16 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, run_case_in_subprocess, write_json
+from common import (
+    add_throughput,
+    machine,
+    matmul_peaks,
+    network_gflop,
+    print_table,
+    run_case_in_subprocess,
+    sliding_windows,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "PyTorch (bundle path)"
@@ -122,6 +133,20 @@ def dice_per_class(logits: list[torch.Tensor], cases: list[dict], num_classes: i
     return [float(v) for v in metric.aggregate()]
 
 
+def gflop_per_volume(bundle: Path, parser: Any, cases: list[dict]) -> tuple[float, list[int]]:
+    """Mean GFLOP per validation volume of the bundle's network under its validation sliding window (network GFLOP
+    per window, counted on the fp32 network, times each volume's window count), and the window counts."""
+    from medattn3d.engine.runner import bundle_config
+
+    inner = parser.get_parsed_content("validate#inferer").inferer
+    network = bundle_config(bundle, {"device": "$torch.device('cpu')"}).get_parsed_content("network_def").eval()
+    channels = cases[0]["image"].shape[0]
+    roi = list(inner.roi_size)
+    per_window = network_gflop(network, torch.zeros(1, channels, *roi))
+    windows = [sliding_windows(c["image"].shape[1:], roi, inner.overlap) for c in cases]
+    return per_window * sum(windows) / len(windows), windows
+
+
 def compare(logits: list[torch.Tensor], reference: list[torch.Tensor]) -> dict[str, float]:
     """Argmax agreement over all voxels and the largest softmax-probability difference."""
     same = sum(int((a.argmax(0) == b.argmax(0)).sum()) for a, b in zip(logits, reference, strict=True))
@@ -153,9 +178,11 @@ def main() -> int:
             f"error: {weights}: no trained weights; run `medattn3d demo` (or `medattn3d train`) first", file=sys.stderr
         )
         return 2
+    peaks = matmul_peaks()
     tune_cpu_allocator()
     config, cases, names = bundle_parts(bundle)
     num_classes = len(names)
+    volume_gflop, windows = gflop_per_volume(bundle, config, cases)
     with tempfile.TemporaryDirectory() as tmp:
         export_s = None
         ir_path = Path(args.ir) if args.ir else Path(tmp) / "model_int8.xml"
@@ -196,11 +223,13 @@ def main() -> int:
                 "mean_dice": sum(row["dice"].values()) / len(row["dice"]),
             }
         )
+        add_throughput(row, volume_gflop, peaks, seconds=row["median_s_per_volume"])
     print_table(
         rows,
         [
             "runtime",
             "median_s_per_volume",
+            "gflop_per_s",
             "speedup_vs_pytorch_path",
             "agreement_vs_pytorch_path",
             "max_prob_diff_vs_pytorch_path",
@@ -217,7 +246,9 @@ def main() -> int:
     write_json(
         args.json,
         {
+            "benchmark": "runtime_agreement",
             "machine": machine(),
+            "matmul_peaks": peaks,
             "bundle": str(bundle),
             "weights_metric": json.loads(metric.read_text())
             if (metric := weights.with_name("model_metric.json")).is_file()
@@ -226,6 +257,8 @@ def main() -> int:
             "validation_volumes": [Path(str(c["image"].meta.get("filename_or_obj", ""))).name for c in cases],
             "voxels": sum(c["image"][0].numel() for c in cases),
             "shapes": [list(c["image"].shape[1:]) for c in cases],
+            "windows": windows,
+            "gflop_per_volume": volume_gflop,
             "int8_export_s": export_s,
             "calibration_patches": args.calibration_patches,
             "repeats": args.repeats,
