@@ -1,14 +1,73 @@
 #!/usr/bin/env bash
-# Run every benchmark and keep its JSON in benchmarks/results/ (about 30 minutes on 2 CPU cores).
-set -euo pipefail
+# Run every benchmark with its final arguments and keep each JSON in benchmarks/results/.
+#
+#   benchmarks/run_all.sh                      # all of them: about 90-120 minutes on 2 quiet CPU cores
+#   benchmarks/run_all.sh runtimes int8        # only these (names as below)
+#   RESULTS_DIR=/tmp/r benchmarks/run_all.sh pipeline_steps   # write the JSONs (and the log) elsewhere
+#
+# Expected times on this 2-core VM when quiet (load < 1.5; several times longer under load):
+#   runtimes ~3 min, int8 ~3 min, runtime_agreement ~6 min, network_step_3d ~15 min, network_step_2d ~6 min,
+#   network_step_paired ~8 min, position_attention ~6 min, position_attention_kernels ~2 min, whole_volume ~4 min,
+#   batch_infer ~12 min, dicom_seg ~5 min, fingerprint ~2 min, pipeline_steps ~1 min, allocator ~3 min,
+#   compile ~2 min, conv3d_bf16_gradients <1 min, precision_accuracy ~3 min, gradcam_vs_attention ~3 min,
+#   attention_on_off ~12 min (9 runs of 120 CPU-s, two at a time).
+# Every script measures this machine's fp32/bf16 matmul peaks at its start (benchmarks/common.py matmul_peaks) and
+# stores them in its JSON next to its rows' GFLOP/s; attention_on_off measures the one-thread peaks (its runs use one
+# thread each). Run it on a quiet machine: the peaks and the rows see the same load, but a loaded run's figures are
+# not comparable with another run's. `uptime` before and after each benchmark goes to benchmarks/results/run_all.log.
+# A failing benchmark is logged and the rest still run; the exit status is non-zero if any failed.
+# Then: .venv/bin/python benchmarks/report.py > /tmp/tables.md (the tables of docs/benchmarks.md).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p benchmarks/results
 PY=.venv/bin/python
-$PY benchmarks/network_step.py --dims 3 --json benchmarks/results/network_step_3d.json
-$PY benchmarks/network_step.py --dims 2 --json benchmarks/results/network_step_2d.json
-$PY benchmarks/position_attention.py --json benchmarks/results/position_attention.json
-$PY benchmarks/whole_volume.py --json benchmarks/results/whole_volume.json
-$PY benchmarks/conv3d_bf16_gradients.py --json benchmarks/results/conv3d_bf16_gradients.json
-$PY benchmarks/forward_details.py allocator --json benchmarks/results/allocator.json
-$PY benchmarks/forward_details.py compile --json benchmarks/results/compile.json
-$PY benchmarks/pipeline_steps.py --json benchmarks/results/pipeline_steps.json
+R=${RESULTS_DIR:-benchmarks/results}
+mkdir -p "$R"
+LOG=$R/run_all.log
+ONLY=" $* "
+FAILED=()
+KNOWN=()
+
+bench() {  # bench NAME COMMAND...: run COMMAND if NAME is selected, log load and duration
+    local name=$1
+    shift
+    KNOWN+=("$name")
+    [[ "$ONLY" == "  " || "$ONLY" == *" $name "* ]] || return 0
+    echo "== $name: $* (start $(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$LOG"
+    local start=$SECONDS
+    if "$@"; then
+        echo "== $name: done in $((SECONDS - start)) s (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$LOG"
+    else
+        echo "== $name: FAILED (exit $?) after $((SECONDS - start)) s" | tee -a "$LOG"
+        FAILED+=("$name")
+    fi
+}
+
+echo "=== run_all $(date -u +%FT%TZ) $(nproc) cores" >>"$LOG"
+bench runtimes $PY benchmarks/runtimes.py --json $R/runtimes.json
+bench int8 $PY benchmarks/int8.py --json $R/int8.json
+bench runtime_agreement $PY benchmarks/runtime_agreement.py --json $R/runtime_agreement.json
+bench network_step_3d $PY benchmarks/network_step.py --dims 3 --json $R/network_step_3d.json
+bench network_step_2d $PY benchmarks/network_step.py --dims 2 --json $R/network_step_2d.json
+bench network_step_paired $PY benchmarks/network_step.py --paired --json $R/network_step_paired.json
+bench position_attention $PY benchmarks/position_attention.py --json $R/position_attention.json
+bench position_attention_kernels $PY benchmarks/position_attention.py --kernels --json $R/position_attention_kernels.json
+bench whole_volume $PY benchmarks/whole_volume.py --json $R/whole_volume.json
+bench batch_infer $PY benchmarks/batch_infer.py --json $R/batch_infer.json
+bench dicom_seg $PY benchmarks/dicom_seg.py --json $R/dicom_seg.json
+bench fingerprint $PY benchmarks/fingerprint.py --json $R/fingerprint.json
+bench pipeline_steps $PY benchmarks/pipeline_steps.py --json $R/pipeline_steps.json
+bench allocator $PY benchmarks/forward_details.py allocator --json $R/allocator.json
+bench compile $PY benchmarks/forward_details.py compile --json $R/compile.json
+bench conv3d_bf16_gradients $PY benchmarks/conv3d_bf16_gradients.py --json $R/conv3d_bf16_gradients.json
+bench precision_accuracy $PY benchmarks/precision_accuracy.py --json $R/precision_accuracy.json
+bench gradcam_vs_attention $PY benchmarks/gradcam_vs_attention.py --json $R/gradcam_vs_attention.json
+bench attention_on_off $PY benchmarks/attention_on_off.py --budget 120 --seeds 3 --workers 2 --json $R/attention_on_off.json
+
+for name in "$@"; do
+    [[ " ${KNOWN[*]} " == *" $name "* ]] || { echo "=== unknown benchmark: $name (known: ${KNOWN[*]})" | tee -a "$LOG"; FAILED+=("$name"); }
+done
+if ((${#FAILED[@]})); then
+    echo "=== failed: ${FAILED[*]}" | tee -a "$LOG"
+    exit 1
+fi
+echo "=== all done $(date -u +%FT%TZ)" | tee -a "$LOG"
