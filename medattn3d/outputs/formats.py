@@ -42,8 +42,17 @@ def _nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 def write_nifti_labels(path: Path, labels: np.ndarray, affine: np.ndarray) -> Path:
     """``labels`` (X, Y, Z, uint8) as a gzipped NIfTI label map with ``affine`` (voxel -> RAS)."""
     with atomic_path(path) as tmp:
-        nib.save(_nifti(np.asarray(labels, dtype=np.uint8), np.asarray(affine, dtype=np.float64)), str(tmp))
+        image = _nifti(fortran_order(np.asarray(labels, dtype=np.uint8)), np.asarray(affine, dtype=np.float64))
+        nib.save(image, str(tmp))
     return path
+
+
+def fortran_order(array: np.ndarray) -> np.ndarray:
+    """``array`` with the same values in column-major memory order, NIfTI's on-disk order: nibabel then writes each
+    slab with a plain copy instead of transposing it slab by slab. Unchanged when already column-major."""
+    if array.flags.f_contiguous or array.ndim < 2:
+        return array
+    return np.asfortranarray(array)
 
 
 def quantise_probabilities(probabilities: torch.Tensor) -> torch.Tensor:

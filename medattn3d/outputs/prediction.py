@@ -57,15 +57,20 @@ class ChannelArgmaxd(MapTransform):
 
 
 def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
-    """``(C, ...)`` scores -> ``(1, ...)`` labels (uint8 up to 256 classes), MetaTensor meta kept."""
+    """``(C, ...)`` scores -> ``(1, ...)`` labels (uint8 up to 256 classes), MetaTensor meta kept. A running maximum
+    with in-place, whole-volume operations (no per-class temporaries); NaN scores never win, ties go to the lower
+    class. The labels keep the scores' memory layout."""
     values = scores.as_tensor() if isinstance(scores, MetaTensor) else torch.as_tensor(scores)
     dtype = torch.uint8 if values.shape[0] <= 256 else torch.int16
-    best = values[0].clone()
-    labels = torch.zeros(values.shape[1:], dtype=dtype, device=values.device)
-    for index in range(1, values.shape[0]):
-        better = values[index] > best
-        best = torch.where(better, values[index], best)
-        labels[better] = index
+    labels = torch.zeros_like(values[0], dtype=dtype)
+    if values.shape[0] > 1:
+        best = values[0].clone()
+        better = torch.empty_like(best, dtype=torch.bool)
+        for index in range(1, values.shape[0]):
+            torch.gt(values[index], best, out=better)
+            labels.masked_fill_(better, index)
+            if index + 1 < values.shape[0]:
+                torch.where(better, values[index], best, out=best)
     labels = labels[None]
     return MetaTensor(labels, meta=scores.meta) if isinstance(scores, MetaTensor) else labels
 

@@ -141,3 +141,17 @@ def test_every_problem_of_one_case_is_reported(tmp_path):
     assert "label affine differs" in problems[2] and "label values [7] lie outside the 3 classes" in problems[3]
     with pytest.raises(InputError, match="has 1 channel"):  # the transform stops at the first
         CheckVolumed(num_classes=3, channels=2)(data)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_count_equals_isfinite(bad):
+    from monai.data import MetaTensor
+
+    from medattn3d.data.loading import non_finite_count
+
+    values = torch.randn(9, 8, 7, generator=torch.Generator().manual_seed(0))
+    assert non_finite_count(values) == 0 and non_finite_count(MetaTensor(values)) == 0
+    values[1, 2, 3] = values[4, 5, 6] = bad
+    assert non_finite_count(values) == int((~torch.isfinite(values)).sum()) == 2
+    assert non_finite_count(values.numpy()) == 2
+    assert non_finite_count(torch.ones(3, 3, dtype=torch.int16)) == 0
