@@ -5,9 +5,10 @@
 Runs the bundle's evaluate configuration twice (``--precision fp32`` / ``bf16``, channels-last both times) on its
 validation cases (default: the demo data) with ``models/model.pt``, and reports the mean and per-class Dice of each
 and their difference. The Dice rows are accuracy, not timings (``gflop: None`` with a reason); the two evaluation
-runs are timed whole (``runs`` in the JSON: wall seconds of ``run_bundle`` including its start-up and data loading)
-with the GFLOP of their sliding-window inference (network GFLOP per window x the validation volumes' windows) and
-GFLOP/s next to the fp32/bf16 matmul peaks measured at the start (``matmul_peaks``).
+runs are timed whole, after an untimed warm-up evaluation (``runs`` in the JSON: wall seconds of ``run_bundle``
+including its config parsing and data loading) with the GFLOP of their sliding-window inference (network GFLOP per
+window x the validation volumes' windows) and GFLOP/s next to the fp32/bf16 matmul peaks measured at the start
+(``matmul_peaks``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main() -> None:
     config, cases, _ = bundle_parts(bundle)
     volume_gflop, windows = gflop_per_volume(bundle, config, cases)
     results, runs = {}, []
+    evaluate(
+        bundle, "bf16", bundle / "eval" / "precision_warmup"
+    )  # first-run costs (imports, caches) out of the timings
     for precision in ("fp32", "bf16"):
         start = time.perf_counter()
         results[precision] = evaluate(bundle, precision, bundle / "eval" / f"precision_{precision}")

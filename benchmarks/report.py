@@ -12,12 +12,13 @@ shows "-" there, and the table's footnote gives the reason its JSON records (``g
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("RESULTS_DIR", Path(__file__).resolve().parent / "results"))
 Column = tuple[str, str | Callable[[dict], Any], int | None]  # header, row key (or function of the row), digits
 THROUGHPUT_HEADER = ["GFLOP", "GFLOP/s", "% fp32 peak", "% bf16 peak"]
 

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Run every benchmark with its final arguments and keep each JSON in benchmarks/results/.
 #
-#   benchmarks/run_all.sh                      # all of them: about 90-120 minutes on 2 quiet CPU cores
+#   benchmarks/run_all.sh                      # all of them: about 2 hours on 2 quiet CPU cores
 #   benchmarks/run_all.sh runtimes int8        # only these (names as below)
 #   RESULTS_DIR=/tmp/r benchmarks/run_all.sh pipeline_steps   # write the JSONs (and the log) elsewhere
 #
-# Expected times on this 2-core VM when quiet (load < 1.5; several times longer under load):
-#   runtimes ~3 min, int8 ~3 min, runtime_agreement ~6 min, network_step_3d ~15 min, network_step_2d ~6 min,
-#   network_step_paired ~8 min, position_attention ~6 min, position_attention_kernels ~2 min, whole_volume ~4 min,
-#   batch_infer ~12 min, dicom_seg ~5 min, fingerprint ~2 min, pipeline_steps ~1 min, allocator ~3 min,
-#   compile ~2 min, conv3d_bf16_gradients <1 min, precision_accuracy ~3 min, gradcam_vs_attention ~3 min,
-#   attention_on_off ~12 min (9 runs of 120 CPU-s, two at a time).
+# Expected minutes on this 2-core VM when quiet (load < 1.5), estimated from round 2's results (the longest ones
+# took 1.5-3x as long under load): runtimes 3, int8 4, runtime_agreement 6, network_step_3d 10, network_step_2d 13,
+# network_step_paired 8, position_attention 5, position_attention_kernels 2, whole_volume 4, batch_infer 12,
+# dicom_seg 6, fingerprint 2, pipeline_steps 1, allocator 3, compile 2, conv3d_bf16_gradients 1,
+# precision_accuracy 3, gradcam_vs_attention 3, attention_on_off 20 (9 runs of 120 CPU-s, two at a time; 45 at
+# load ~8). Total about 110 minutes.
 # Every script measures this machine's fp32/bf16 matmul peaks at its start (benchmarks/common.py matmul_peaks) and
 # stores them in its JSON next to its rows' GFLOP/s; attention_on_off measures the one-thread peaks (its runs use one
 # thread each). Run it on a quiet machine: the peaks and the rows see the same load, but a loaded run's figures are
