@@ -132,8 +132,10 @@ def precision_accuracy(data: dict) -> str:
         return f"{r['difference']:+.4f}"
 
     columns: list[Column] = [("class", "class", None), ("Dice fp32", "dice_fp32", 4), ("Dice bf16", "dice_bf16", 4)]
-    text = render({"rows": data["rows"]}, [*columns, ("difference", signed, None)])
-    text = "\n\n".join(p for p in (peaks_line(data), text.split("\n\nNo GFLOP/s")[0]) if p)
+    dice = [
+        {k: v for k, v in r.items() if k in ("class", "dice_fp32", "dice_bf16", "difference")} for r in data["rows"]
+    ]
+    text = render(data, [*columns, ("difference", signed, None)], rows=dice)  # accuracy rows: no throughput columns
     if data.get("runs"):
         runs: list[Column] = [("evaluation", "precision", None), ("wall s (whole run)", "seconds", 1)]
         text += "\n\n" + render({}, [*runs, ("volumes", "volumes", None)], rows=data["runs"])
@@ -216,7 +218,13 @@ def batch_infer(data: dict) -> str:
         f"{data['cases']} volumes of {' x '.join(map(str, data['shape']))}; fixed cost per run "
         f"{data['fixed_cost_per_run_s']:.1f} s."
     )
-    return render(data, columns, intro=intro) if data.get("rows") else intro
+    rows = data.get("rows") or [  # results written before the rows (and their GFLOP) were recorded
+        {"way": f"one run over {data['cases']} volumes", "total_s": data["batch_total_s"]},
+        {"way": f"{data['cases']} single runs", "total_s": data["single_total_s"]},
+    ]
+    for row in rows:
+        row.setdefault("per_case_s", row["total_s"] / data["cases"])
+    return render(data, columns, rows=rows, intro=intro)
 
 
 def attention_on_off(data: dict) -> str:
