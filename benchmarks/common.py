@@ -160,7 +160,8 @@ def matmul_peaks(threads: int | None = None, n: int = 3072, repeats: int = 3) ->
 
 def _cpu_attention_formulas() -> dict[Any, Callable[..., int]]:
     """FLOP formulas for PyTorch's CPU fused attention, which FlopCounterMode (2.13) does not count (it would add 0):
-    the same formulas it uses for the CUDA flash kernel (2 products of N x N x C forward, 5 in backward)."""
+    the same formulas it uses for the CUDA flash kernel (2 products of N x N x C forward, 5 in backward: the
+    scores are recomputed)."""
     from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
     aten = torch.ops.aten
