@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
+    payload["matmul_peaks_end"] = matmul_peaks(threads=1)
+    write_json(args.json, payload)
     rows = []
     for model, entry in payload["summary"].items():
         row = {"model": model, "seeds": len(entry["seeds"]), "steps": round(entry["steps"]["mean"])}

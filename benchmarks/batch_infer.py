@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "batch_infer",
             "machine": machine(),
             "matmul_peaks": peaks,
+            "matmul_peaks_end": matmul_peaks(),
             "cases": args.cases,
             "shape": list(args.shape),
             "spacing_mm": [0.8, 0.8, 2.5],

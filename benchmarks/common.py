@@ -123,7 +123,8 @@ def matmul_peaks(threads: int | None = None, n: int = 3072, repeats: int = 3) ->
 
     Medians of ``repeats`` products after one warm-up each (about 1-2 s on 2 quiet cores; more under load). Measure
     it at the start of the same run as the rows it is compared with, so both see the same machine and load, and store
-    the returned dict in the JSON (key ``matmul_peaks``). ``threads`` sets PyTorch's intra-op threads for the
+    the returned dict in the JSON (key ``matmul_peaks``; the benchmarks measure them again at the end of the run,
+    ``matmul_peaks_end``, so a change of load during the run shows). ``threads`` sets PyTorch's intra-op threads for the
     measurement only (default: as the process runs, ``torch.get_num_threads()``). Returns ``fp32_gflop_per_s``,
     ``bf16_gflop_per_s`` (medians, used by :func:`add_throughput`), ``*_best_gflop_per_s`` (fastest repeat), and the
     settings (``n``, ``repeats``, ``threads``, ``gflop_per_product``, ``bf16_kernels``).

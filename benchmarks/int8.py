@@ -106,6 +106,7 @@ def main() -> None:
         "benchmark": "int8",
         "machine": machine(),
         "matmul_peaks": peaks,
+        "matmul_peaks_end": matmul_peaks(),
         "shape": window(args.size),
         "rows": rows,
     }

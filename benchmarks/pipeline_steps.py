@@ -104,6 +104,7 @@ def main() -> None:
                 "benchmark": "pipeline_steps",
                 "machine": machine(),
                 "matmul_peaks": peaks,
+                "matmul_peaks_end": matmul_peaks(),
                 "shape": args.shape,
                 "rows": rows,
             },

@@ -66,7 +66,7 @@ def main() -> None:
     print_table(rows, ["class", "dice_fp32", "dice_bf16", "difference"])
     print_table(runs, ["precision", "seconds", "gflop", "gflop_per_s", "pct_bf16_peak"])
     payload = {"benchmark": "precision_accuracy", "bundle": args.bundle, "machine": machine(), "matmul_peaks": peaks}
-    payload |= {"windows": windows, "rows": rows, "runs": runs}
+    payload |= {"matmul_peaks_end": matmul_peaks(), "windows": windows, "rows": rows, "runs": runs}
     write_json(args.json, payload)
 
 

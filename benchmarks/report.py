@@ -46,7 +46,12 @@ def peaks_line(data: dict) -> str:
     return (
         f"Matmul peaks measured in this run: fp32 {peaks['fp32_gflop_per_s']:.0f} GFLOP/s, bf16 "
         f"{peaks['bf16_gflop_per_s']:.0f} GFLOP/s ({peaks['n']} x {peaks['n']} square matmul, {peaks['threads']} "
-        f"thread(s), median of {peaks['repeats']})."
+        f"thread(s), median of {peaks['repeats']})"
+        + (
+            f"; at the end of the run: fp32 {end['fp32_gflop_per_s']:.0f}, bf16 {end['bf16_gflop_per_s']:.0f} GFLOP/s."
+            if (end := data.get("matmul_peaks_end"))
+            else "."
+        )
     )
 
 

@@ -249,6 +249,7 @@ def main() -> int:
             "benchmark": "runtime_agreement",
             "machine": machine(),
             "matmul_peaks": peaks,
+            "matmul_peaks_end": matmul_peaks(),
             "bundle": str(bundle),
             "weights_metric": json.loads(metric.read_text())
             if (metric := weights.with_name("model_metric.json")).is_file()

@@ -117,6 +117,7 @@ def main() -> None:
         "benchmark": "runtimes",
         "machine": machine(),
         "matmul_peaks": peaks,
+        "matmul_peaks_end": matmul_peaks(),
         "shape": window(args.size),
         "rows": rows,
     }
