@@ -9,6 +9,7 @@ from medattn3d.engine.backends import RuntimeNetwork, check_runtime
 from medattn3d.networks import AttentionUNet
 
 SMALL = {"channels": (8, 16, 32, 64), "strides": (2, 2, 2)}
+TINY = {"channels": (4, 8, 8), "strides": (2, 2)}  # the cache tests: conversion time grows with depth
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
@@ -71,8 +72,8 @@ def test_openvino_model_is_converted_once_and_served_from_the_cache(tmp_path, mo
     from medattn3d.engine import backends
 
     monkeypatch.setenv("MEDATTN3D_CACHE_DIR", str(tmp_path))
-    net = AttentionUNet(3, 1, 3, **SMALL).eval()
-    x = torch.randn(2, 1, 32, 32, 16)
+    net = AttentionUNet(3, 1, 2, **TINY).eval()
+    x = torch.randn(2, 1, 16, 16, 8)
     first = _served(net, x)
     cached = list((tmp_path / "openvino").glob("*/model.xml"))
     assert len(cached) == 1 and cached[0].with_suffix(".bin").is_file()
@@ -81,7 +82,7 @@ def test_openvino_model_is_converted_once_and_served_from_the_cache(tmp_path, mo
         raise AssertionError("converted again although the cache holds this network")
 
     monkeypatch.setattr(backends, "_convert_openvino", no_conversion)
-    copy = AttentionUNet(3, 1, 3, **SMALL).eval()
+    copy = AttentionUNet(3, 1, 2, **TINY).eval()
     copy.load_state_dict(net.state_dict())
     again = _served(copy, x)
     assert torch.equal(first, again)
@@ -92,14 +93,14 @@ def test_openvino_model_is_converted_once_and_served_from_the_cache(tmp_path, mo
 def test_changed_weights_or_window_get_their_own_cached_model(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     monkeypatch.setenv("MEDATTN3D_CACHE_DIR", str(tmp_path))
-    net = AttentionUNet(3, 1, 3, **SMALL).eval()
-    x = torch.randn(1, 1, 32, 32, 16)
+    net = AttentionUNet(3, 1, 2, **TINY).eval()
+    x = torch.randn(1, 1, 16, 16, 8)
     _served(net, x)
     with torch.no_grad():
         next(net.parameters()).add_(0.5)
         expected = net(x)
     assert (_served(net, x) - expected).abs().max() < 1e-3  # the new weights, not the cached old model
-    _served(net, torch.randn(1, 1, 32, 32, 32))
+    _served(net, torch.randn(1, 1, 16, 16, 16))
     assert len(list((tmp_path / "openvino").glob("*/model.xml"))) == 3
 
 
@@ -110,8 +111,8 @@ def test_an_empty_cache_setting_converts_in_memory(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDATTN3D_CACHE_DIR", "")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert openvino_cache_dir() is None
-    net = AttentionUNet(3, 1, 3, **SMALL).eval()
-    x = torch.randn(1, 1, 32, 32, 16)
+    net = AttentionUNet(3, 1, 2, **TINY).eval()
+    x = torch.randn(1, 1, 16, 16, 8)
     with torch.no_grad():
         assert (_served(net, x) - net(x)).abs().max() < 1e-3
     assert not any(tmp_path.rglob("*.xml"))
