@@ -6,7 +6,8 @@
 Every table whose JSON carries ``matmul_peaks`` (``common.matmul_peaks``, measured in the same run) opens with a line
 giving this machine's fp32 and bf16 matmul peaks, and every table whose rows carry ``gflop`` (``common.add_throughput``)
 ends with four columns: GFLOP, GFLOP/s, % of the fp32 peak, % of the bf16 peak. A row without arithmetic to speak of
-shows "-" there, and the table's footnote gives the reason its JSON records (``gflop_reason``).
+shows "-" there, and the table's footnote gives the reason its JSON records (``gflop_reason``). A column that is
+empty in every row (a field older results do not have) is left out.
 """
 
 from __future__ import annotations
@@ -72,15 +73,18 @@ def render(data: dict, columns: list[Column], rows: list[dict] | None = None, in
     footnote with the reasons of rows without GFLOP."""
     rows = data.get("rows", []) if rows is None else rows
     with_flops = any("gflop" in r for r in rows)
-    header = [c[0] for c in columns] + (THROUGHPUT_HEADER if with_flops else [])
 
     def cells(row: dict) -> list[str]:
         values = [key(row) if callable(key) else row.get(key) for _, key, _ in columns]
         out = [_fmt(v, digits) for v, (_, _, digits) in zip(values, columns, strict=True)]
         return out + (throughput_cells(row) if with_flops else [])
 
+    header = [c[0] for c in columns] + (THROUGHPUT_HEADER if with_flops else [])
+    table = [cells(r) for r in rows]
+    keep = [i for i in range(len(header)) if not table or any(t[i] for t in table)]  # a column empty in every row: out
+    header, table = [header[i] for i in keep], [[t[i] for i in keep] for t in table]
     reasons = dict.fromkeys(r["gflop_reason"] for r in rows if r.get("gflop_reason"))
-    parts = [p for p in (peaks_line(data), intro, _table(header, map(cells, rows))) if p]
+    parts = [p for p in (peaks_line(data), intro, _table(header, table)) if p]
     if reasons:
         parts.append('No GFLOP/s ("-"): ' + "; ".join(reasons) + ".")
     return "\n\n".join(parts)
@@ -122,14 +126,23 @@ def whole_volume(data: dict) -> str:
     columns: list[Column] = [
         ("pipeline", "pipeline", None),
         ("total s", "total_s", 1),
+        ("as a script s", "script_s", 1),
         ("load + preprocess s", "load_preprocess_s", 2),
         ("inference s", "infer_s", 2),
         ("invert + save s", "invert_save_s", 2),
+        ("I/O share", lambda r: f"{100 * r['io_share']:.0f} %" if r.get("io_share") is not None else "", None),
         ("voxels/s", lambda r: f"{r['voxels_per_s'] / 1e6:.2f} M" if r.get("voxels_per_s") else "", None),
         ("peak RSS MiB", "peak_rss_mib", 0),
-        ("speed-up", _speedup("speedup"), None),
+        ("vs MONAI fp32", _speedup("speedup"), None),
+        ("vs MONAI bf16 + channels-last", _speedup("speedup_vs_bf16_peer"), None),
+        ("vs MONAI fp32, scripts", _speedup("speedup_vs_script"), None),
+        ("vs MONAI bf16 + channels-last, scripts", _speedup("speedup_vs_bf16_script"), None),
     ]
-    return render(data, columns, intro=f"Volume {' x '.join(map(str, data['shape']))}.")
+    intro = f"Volume {' x '.join(map(str, data['shape']))}"
+    if data.get("windows"):
+        intro += f"; {data['windows']} windows of 96^3"
+    intro += ". GFLOP/s: of the inference step for in-process rows, of the whole command for end-to-end rows."
+    return render(data, columns, intro=intro if data.get("windows") else intro.split(". GFLOP")[0] + ".")
 
 
 def precision_accuracy(data: dict) -> str:
