@@ -12,6 +12,7 @@ whole-volume run after the network.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ from monai.utils import (
     get_equivalent_dtype,
     get_torch_dtype_from_string,
 )
+
+from medattn3d.data.blocks import block_rows, run_blocks
 
 AXIS_ALIGNED_TOL = 1e-6
 
@@ -55,8 +58,8 @@ def linear_resample(
 
 def _resample_axis(image: torch.Tensor, dim: int, scale: float, offset: float, size: int) -> torch.Tensor:
     """1D linear interpolation along ``dim``: output slab ``i`` blends the two input slabs around ``scale*i+offset``
-    (``lerp`` with that position's fraction as weight). Channel by channel, so the two gathered operands stay one
-    channel's size."""
+    (``lerp`` with that position's fraction as weight), in blocks of rows (:mod:`medattn3d.data.blocks`): rows of
+    output along ``dim`` when it is the outermost spatial axis, else rows of the outermost axis, per channel."""
     length = image.shape[dim]
     if size == length and scale == 1.0 and offset == 0.0:
         return image
@@ -68,11 +71,27 @@ def _resample_axis(image: torch.Tensor, dim: int, scale: float, offset: float, s
     shape = list(image.shape)
     shape[dim] = size
     result = image.new_empty(shape)
-    index = (slice(None),) * (dim - 1)
+    rows = block_rows(result[0, 0].numel() * result.element_size())
+    inner = (slice(None),) * (dim - 1)  # index within a block of rows: keep the rows and the axes before dim
+    jobs = []
     for channel in range(image.shape[0]):
-        source = image[channel]
-        torch.lerp(source[(*index, lower)], source[(*index, upper)], weights, out=result[channel])
+        source, target = image[channel], result[channel]
+        if dim == 1:
+            for start in range(0, size, rows):
+                part = slice(start, start + rows)
+                jobs.append(partial(_lerp_block, source, (lower[part],), (upper[part],), weights[part], target[part]))
+        else:
+            for start in range(0, source.shape[0], rows):
+                part = slice(start, start + rows)
+                block, low, high = source[part], (*inner, lower), (*inner, upper)
+                jobs.append(partial(_lerp_block, block, low, high, weights, target[part]))
+    run_blocks(jobs)
     return result
+
+
+def _lerp_block(source: torch.Tensor, low: tuple, high: tuple, weight: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = lerp(source[low], source[high], weight)``: one block of a 1D interpolation pass."""
+    torch.lerp(source[low], source[high], weight, out=out)
 
 
 def axis_aligned_map(xform: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -11,6 +11,7 @@ Every file is written atomically: a failure leaves no partial file behind.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Activationsd, Compose, Invertd, MapTransform
 
+from medattn3d.data.blocks import block_rows, run_blocks
 from medattn3d.errors import InputError
 from medattn3d.outputs.atomic import atomic_write_text
 from medattn3d.outputs.formats import spacing_of, write_nifti_labels, write_probabilities, write_seg_nrrd
@@ -58,21 +60,33 @@ class ChannelArgmaxd(MapTransform):
 
 def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     """``(C, ...)`` scores -> ``(1, ...)`` labels (uint8 up to 256 classes), MetaTensor meta kept. A running maximum
-    with in-place, whole-volume operations (no per-class temporaries); NaN scores never win, ties go to the lower
-    class. The labels keep the scores' memory layout."""
+    over the channels, block by block along the first spatial axis (:mod:`medattn3d.data.blocks`: a block's
+    temporaries stay in cache); NaN scores never win, ties go to the lower class. The labels keep the scores'
+    memory layout."""
     values = scores.as_tensor() if isinstance(scores, MetaTensor) else torch.as_tensor(scores)
     dtype = torch.uint8 if values.shape[0] <= 256 else torch.int16
     labels = torch.zeros_like(values[0], dtype=dtype)
-    if values.shape[0] > 1:
-        best = values[0].clone()
-        better = torch.empty_like(best, dtype=torch.bool)
-        for index in range(1, values.shape[0]):
-            torch.gt(values[index], best, out=better)
-            labels.masked_fill_(better, index)
-            if index + 1 < values.shape[0]:
-                torch.where(better, values[index], best, out=best)
+    if values.shape[0] > 1 and values.dim() > 1:
+        rows = block_rows(values[0, 0].numel() * values.element_size() * values.shape[0])
+        run_blocks(
+            [
+                partial(_argmax_block, values[:, start : start + rows], labels[start : start + rows])
+                for start in range(0, values.shape[1], rows)
+            ]
+        )
     labels = labels[None]
     return MetaTensor(labels, meta=scores.meta) if isinstance(scores, MetaTensor) else labels
+
+
+def _argmax_block(values: torch.Tensor, labels: torch.Tensor) -> None:
+    """One block of :func:`channel_argmax`: ``labels`` (zeros) <- index of the first maximum over ``values``' axis 0."""
+    best = values[0].clone()
+    better = torch.empty_like(best, dtype=torch.bool)
+    for index in range(1, values.shape[0]):
+        torch.gt(values[index], best, out=better)
+        labels.masked_fill_(better, index)
+        if index + 1 < values.shape[0]:
+            torch.where(better, values[index], best, out=best)
 
 
 def restore_chain(preprocessing: Compose, image_key: str = "image", pred_key: str = "pred", softmax: bool = True):
