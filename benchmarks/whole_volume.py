@@ -38,7 +38,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_bytes, print_table, run_case_in_subprocess, write_json
+from common import (
+    add_throughput,
+    machine,
+    matmul_peaks,
+    network_gflop,
+    peak_rss_bytes,
+    print_table,
+    run_case_in_subprocess,
+    sliding_windows,
+    write_json,
+)
 
 CHANNELS = (16, 32, 64, 128, 256)
 # (pipeline, glibc allocator setting): the peer as MONAI runs it, ours as our CLI and bundles run it, and the peer
@@ -156,6 +166,21 @@ def run_cli(bundle: Path, volume: Path, output: Path, runtime: str, cache: Path)
     return {"total_s": total}
 
 
+def window_gflop() -> dict[str, float]:
+    """GFLOP of one 96^3 window through our network and through MONAI's (the same widths; ours does more: the
+    authors' double convolution per decoder level)."""
+    import torch
+    from monai.networks.nets import AttentionUnet
+
+    from medattn3d.networks import AttentionUNet
+
+    x = torch.zeros(1, 1, 96, 96, 96)
+    return {
+        "ours": network_gflop(AttentionUNet(3, 1, 4, channels=CHANNELS, strides=(2, 2, 2, 2)).eval(), x),
+        "MONAI": network_gflop(AttentionUnet(3, 1, 4, channels=CHANNELS, strides=(2, 2, 2, 2)).eval(), x),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", nargs=3, type=int, default=[512, 512, 128])
@@ -169,6 +194,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="medattn3d-bench-"))
     os.environ["MEDATTN3D_CACHE_DIR"] = str(work / "cache")  # the in-process OpenVINO row's model cache
     try:
+        peaks = matmul_peaks()
+        per_window = window_gflop()
         volume = work / "ct.nii.gz"
         make_volume(volume, tuple(args.shape))
         voxels = int(np.prod(args.shape))
@@ -181,7 +208,7 @@ def main() -> None:
                 "output": str(work / pipeline.replace(" ", "_")),
                 "precision": args.precision,
             }
-            label = pipeline + (" + allocator setting" if tuned_allocator and pipeline != "ours" else "")
+            label = pipeline + (" + allocator setting" if tuned_allocator and not pipeline.startswith("ours") else "")
             started = time.perf_counter()
             row = {"pipeline": label, **run_case_in_subprocess(__file__, case)}
             row["script_s"] = time.perf_counter() - started  # the pipeline as a script: process start + imports too
@@ -196,6 +223,10 @@ def main() -> None:
             row["voxels_per_s"] = voxels / row["total_s"]
             rows.append(row)
             print(f"{label}: {row['total_s']:.1f} s", flush=True)
+        windows = sliding_windows(rows[1]["preprocessed_shape"], (96, 96, 96), 0.25)
+        for row in rows:  # in process: GFLOP/s of the inference step; end to end: of the whole command
+            gflop = windows * per_window["ours" if row["pipeline"].startswith("ours") else "MONAI"]
+            add_throughput(row, gflop, peaks, seconds=row.get("infer_s", row["total_s"]))
         bf16_peer = next(r for r in rows if "bf16" in r["pipeline"])
         for row in rows[1:]:
             row["speedup"] = row["voxels_per_s"] / rows[0]["voxels_per_s"]
@@ -215,6 +246,9 @@ def main() -> None:
                 "load_preprocess_s",
                 "infer_s",
                 "invert_save_s",
+                "gflop",
+                "gflop_per_s",
+                "pct_bf16_peak",
                 "voxels_per_s",
                 "peak_rss_mib",
                 "speedup",
@@ -224,7 +258,9 @@ def main() -> None:
                 "io_share",
             ],
         )
-        write_json(args.json, {"benchmark": "whole_volume", "machine": machine(), "shape": args.shape, "rows": rows})
+        payload = {"benchmark": "whole_volume", "machine": machine(), "shape": args.shape, "windows": windows}
+        payload.update(matmul_peaks=peaks, matmul_peaks_end=matmul_peaks(), window_gflop=per_window, rows=rows)
+        write_json(args.json, payload)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
