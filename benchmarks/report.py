@@ -140,7 +140,7 @@ def whole_volume(data: dict) -> str:
     ]
     intro = f"Volume {' x '.join(map(str, data['shape']))}"
     if data.get("windows"):
-        intro += f"; {data['windows']} windows of 96^3"
+        intro += f"; {data['windows']} window{'s' if data['windows'] != 1 else ''} of 96^3"
     intro += ". GFLOP/s: of the inference step for in-process rows, of the whole command for end-to-end rows."
     return render(data, columns, intro=intro if data.get("windows") else intro.split(". GFLOP")[0] + ".")
 
