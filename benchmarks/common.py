@@ -248,10 +248,10 @@ def add_throughput(
     """Add ``gflop``, ``gflop_per_s``, ``pct_fp32_peak`` and ``pct_bf16_peak`` to ``row`` (in place; also returned).
 
     ``seconds`` defaults to ``row["median_s"]``. ``gflop`` is the arithmetic the timed step executed (per step, the
-    same step the seconds are for: network GFLOP x windows for a whole volume, x3 of the forward for a training step,
-    from :func:`count_gflop`). ``peaks`` is :func:`matmul_peaks`'s dict of the same run. A row with no arithmetic to
-    speak of (reading a file, an argmax) passes ``gflop=None`` and a ``reason``: its four fields are then None and
-    ``gflop_reason`` says why, so a table shows "-" with a reason instead of a misleading number.
+    same step the seconds are for: network GFLOP x windows for a whole volume, forward + backward for a training step,
+    from :func:`network_gflop` / :func:`count_gflop`). ``peaks`` is :func:`matmul_peaks`'s dict of the same run.
+    A row with no arithmetic to speak of (reading a file, an argmax) passes ``gflop=None`` and a ``reason``: its four
+    fields are then None and ``gflop_reason`` says why, so a table shows "-" with a reason, not a misleading number.
     """
     if seconds is None:
         seconds = row.get("median_s")
