@@ -15,6 +15,7 @@ from monai.config import KeysCollection
 from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform
 
+from medattn3d.data.blocks import copy_blocked
 from medattn3d.data.dicom import inspect_series
 from medattn3d.errors import InputError
 
@@ -38,19 +39,22 @@ def volume_stem(name: str) -> str:
 
 
 class RowMajorNibabelReader(NibabelReader):
-    """MONAI's ``NibabelReader`` that reorders NIfTI's column-major voxels with a multi-threaded torch copy.
+    """MONAI's ``NibabelReader`` that reorders NIfTI's column-major voxels to row-major itself, in cache-sized tiles
+    on a thread pool (:func:`medattn3d.data.blocks.copy_blocked`).
 
     MONAI makes every loaded array C-contiguous with numpy, a single-threaded transposing copy (0.5 s for a
-    512 x 512 x 128 float CT here, 0.2 s this way). Dtypes torch cannot hold are left to MONAI.
+    512 x 512 x 128 float CT on a quiet machine; a whole-volume torch copy: 0.2 s; tiled: 2-3x less again).
+    Dtypes torch cannot hold are left to MONAI.
     """
 
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
         data = super()._get_array_data(img, filename)
         if isinstance(data, np.ndarray) and data.ndim > 1 and not data.flags.c_contiguous:
             try:
-                return torch.from_numpy(data).contiguous().numpy()
+                source = torch.from_numpy(data)
             except (TypeError, ValueError):  # e.g. big-endian or unsigned types torch does not support
                 return data
+            return copy_blocked(torch.empty(source.shape, dtype=source.dtype), source).numpy()
         return data
 
 

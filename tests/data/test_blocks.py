@@ -47,3 +47,13 @@ def test_nested_calls_run_inline(tiny_blocks):
     seen = []
     blocks.run_blocks([lambda: blocks.run_blocks([lambda: seen.append(torch.get_num_threads())] * 2)] * 2)
     assert seen == [1, 1, 1, 1]  # inner calls ran on the pool's threads, one torch thread each
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.int16])
+def test_copy_blocked_reorders_memory_exactly(tiny_blocks, dtype):
+    source = (torch.randn(19, 7, 5, 37, generator=torch.Generator().manual_seed(3)) * 50).to(dtype)
+    column_major = source.permute(3, 2, 1, 0).contiguous().permute(3, 2, 1, 0)
+    row_major = blocks.copy_blocked(torch.empty(source.shape, dtype=dtype), column_major)
+    assert row_major.is_contiguous() and torch.equal(row_major, source)
+    with pytest.raises(ValueError, match="differs"):
+        blocks.copy_blocked(torch.empty(3, 3, dtype=dtype), source)
