@@ -120,6 +120,9 @@ def is_shipped(path: str | Path) -> bool:
     return path.parent == copies and path.name in shipped_names() and (path / VERSION_STAMP).is_file()
 
 
+NVIMGCODEC_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
+
+
 def quiet_monai(quiet: bool = True) -> None:
     """Hide MONAI's INFO logs and its per-config trust warning (``quiet``), or let them through again.
 
@@ -130,6 +133,8 @@ def quiet_monai(quiet: bool = True) -> None:
 
     level = logging.WARNING if quiet else logging.INFO
     for name in list(logging.root.manager.loggerDict):
+        if name == NVIMGCODEC_LOGGER:  # kept at ERROR (medattn3d.data.loading): its warning is noise on every CPU
+            continue
         if name == "monai" or name.startswith("monai."):
             logging.getLogger(name).setLevel(level)
     # "Logging file is set to False, skipping logging." is a warning in quiet mode, where we skip it on purpose

@@ -179,3 +179,11 @@ def test_summary_merges_parts():
     b = RunSummary({}, [], {"z": "z: broken"})
     merged = a.merge(b)
     assert merged.lines() == ["summary: 1 written, 1 skipped, 1 failed", "  failed: z: broken"]
+
+
+def test_no_warning_about_the_optional_gpu_dicom_decoder(tmp_path, tiny_bundle, capfd):
+    image = ct(tmp_path / "a.nii.gz")
+    for flags in (["--quiet"], []):
+        assert _infer(tiny_bundle, image, tmp_path / f"o{len(flags)}", *flags) == 0
+        captured = capfd.readouterr()
+        assert "nvImageCodec" not in captured.out + captured.err
