@@ -73,13 +73,13 @@ def _resample_axis(image: torch.Tensor, dim: int, scale: float, offset: float, s
     result = image.new_empty(shape)
     rows = block_rows(result[0, 0].numel() * result.element_size())
     inner = (slice(None),) * (dim - 1)  # index within a block of rows: keep the rows and the axes before dim
+    plan = list(zip(range(size), lower.tolist(), upper.tolist(), weights.flatten().tolist(), strict=True))
     jobs = []
     for channel in range(image.shape[0]):
         source, target = image[channel], result[channel]
-        if dim == 1:
+        if dim == 1:  # whole slabs: lerp them straight into the output, no gathered copies
             for start in range(0, size, rows):
-                part = slice(start, start + rows)
-                jobs.append(partial(_lerp_block, source, (lower[part],), (upper[part],), weights[part], target[part]))
+                jobs.append(partial(_lerp_slabs, source, target, plan[start : start + rows]))
         else:
             for start in range(0, source.shape[0], rows):
                 part = slice(start, start + rows)
@@ -87,6 +87,12 @@ def _resample_axis(image: torch.Tensor, dim: int, scale: float, offset: float, s
                 jobs.append(partial(_lerp_block, block, low, high, weights, target[part]))
     run_blocks(jobs)
     return result
+
+
+def _lerp_slabs(source: torch.Tensor, target: torch.Tensor, plan: list[tuple[int, int, int, float]]) -> None:
+    """Output slabs ``target[i] = lerp(source[low], source[high], weight)`` for each ``(i, low, high, weight)``."""
+    for index, low, high, weight in plan:
+        torch.lerp(source[low], source[high], weight, out=target[index])
 
 
 def _lerp_block(source: torch.Tensor, low: tuple, high: tuple, weight: torch.Tensor, out: torch.Tensor) -> None:
