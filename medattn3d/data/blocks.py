@@ -60,19 +60,26 @@ def run_blocks(jobs: Sequence[Callable[[], Any]]) -> None:
         _LOCK.release()
 
 
-def copy_blocked(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """``target.copy_(source)`` in tiles over the first and last axes, for copies that change the memory order
-    (NIfTI's column-major voxels to row-major and back): a whole-volume strided copy misses the cache (and TLB) on
-    one side for every element; tiles of a few hundred KB do not (a 512 x 512 x 128 float volume: 2-3x faster)."""
+def copy_blocked(
+    target: torch.Tensor, source: torch.Tensor, convert: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``target.copy_(source)`` (or of ``convert(source)``, applied tile by tile: e.g. a dtype change with scaling)
+    in tiles over the first and last axes, for copies that change the memory order (NIfTI's column-major voxels to
+    row-major and back): a whole-volume strided copy misses the cache (and TLB) on one side for every element; tiles
+    of a few hundred KB do not (a 512 x 512 x 128 float volume: 2-3x faster)."""
     if target.shape != source.shape:
         raise ValueError(f"copy_blocked: target shape {tuple(target.shape)} differs from {tuple(source.shape)}")
     if source.dim() < 2:
-        return target.copy_(source)
-    first, last = (8, 32) if source.element_size() >= 4 else (16, 16)
+        return target.copy_(source if convert is None else convert(source))
+    first, last = (8, 32) if max(source.element_size(), target.element_size()) >= 4 else (16, 16)
     jobs = []
     for i in range(0, source.shape[0], first):
         for k in range(0, source.shape[-1], last):
             tile = (slice(i, i + first), ..., slice(k, k + last))
-            jobs.append(partial(torch.Tensor.copy_, target[tile], source[tile]))
+            jobs.append(partial(_copy_tile, target[tile], source[tile], convert))
     run_blocks(jobs)
     return target
+
+
+def _copy_tile(target: torch.Tensor, source: torch.Tensor, convert: Callable | None) -> None:
+    target.copy_(source if convert is None else convert(source))

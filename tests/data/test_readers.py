@@ -8,6 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
 
 from medattn3d.data.dicom import inspect_series
 from medattn3d.data.loading import load_volume
@@ -41,6 +42,26 @@ def test_nifti_of_any_byte_order_and_type_loads_exactly_in_row_major_order(tmp_p
     image = load_volume(path)
     assert np.array_equal(np.asarray(image), array.astype(np.float32))
     assert image.as_tensor().is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", ["<i2", ">i2", "u1", "i1"])
+@pytest.mark.parametrize(("slope", "inter"), [(1.0, -1024.0), (0.37, 12.3), (2.5, 0.0)])
+def test_scaled_integer_nifti_loads_as_monai_casts_it(tmp_path, dtype, slope, inter):
+    """int16 CT with scl_slope/scl_inter: the tile-wise float64 scaling gives MONAI's float32 values bit for bit."""
+    from monai.transforms import LoadImage
+
+    raw = np.random.default_rng(3).integers(-100 if dtype != "u1" else 0, 120, size=(21, 9, 37)).astype(dtype)
+    image = nib.Nifti1Image(raw, oblique_affine())
+    image.header.set_slope_inter(slope, inter)
+    path = tmp_path / "scaled.nii.gz"
+    nib.save(image, str(path))
+    ours = load_volume(path)
+    monai = LoadImage(image_only=True, dtype=np.float32, reader="NibabelReader")(str(path))
+    assert ours.dtype == monai.dtype == torch.float32 and ours.as_tensor().is_contiguous()
+    assert torch.equal(ours.as_tensor(), monai.as_tensor())
+    assert torch.equal(ours.affine, monai.affine)
+    kept = load_volume(path, dtype=None)  # labels keep the file's type: nibabel's scaled float64, untouched
+    assert kept.dtype == torch.float64 and torch.equal(kept.as_tensor().float(), monai.as_tensor())
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
