@@ -64,7 +64,8 @@ CLI_RUNS = (("torch", "torch"), ("auto", "auto, first run of these weights"), ("
 
 
 def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
-    """A CT-sized volume: the demo generator's anatomy, resampled onto a 0.8 x 0.8 x 2.5 mm grid."""
+    """A CT-sized volume: the demo generator's anatomy, resampled onto a 0.8 x 0.8 x 2.5 mm grid and stored as
+    scanners and archives store CT, int16 Hounsfield units (rounds 1 and 2 stored float32)."""
     import nibabel as nib
     import torch
     import torch.nn.functional as F
@@ -74,7 +75,8 @@ def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
     image, _, _ = synthesize_case(0)
     volume = F.interpolate(torch.from_numpy(image)[None, None], size=shape, mode="trilinear", align_corners=False)
     affine = np.diag([0.8, 0.8, 2.5, 1.0])
-    nib.save(nib.Nifti1Image(volume[0, 0].numpy(), affine), str(path))
+    hounsfield = volume[0, 0].round().clamp(-1024, 3071).to(torch.int16).numpy()
+    nib.save(nib.Nifti1Image(hounsfield, affine), str(path))
 
 
 def run_pipeline(case: dict) -> dict:
