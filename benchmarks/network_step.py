@@ -8,25 +8,41 @@ MONAI's AttentionUnet in fp32, channels-first (its default), measured in the sam
 
     .venv/bin/python benchmarks/network_step.py --paired --json benchmarks/results/network_step_paired.json
 
-``--paired``: the 3D guided-attention network as its bundle runs it against MONAI's AttentionUnet in fp32, both in
-ONE process and timed in alternating rounds, so a shared, noisy CPU slows both alike; reports each round's ratio and
-their median. Inference: ours under ``prepare_for_inference`` + ``PrecisionInferer`` (bf16 where supported,
-channels-last, BatchNorm folded), also with its shared encoder-decoder run once per scale (the code before it ran
-once on the stacked scales) for comparison. Training: one forward + backward, ours under ``PrecisionInferer``
-(bf16 autocast, channels-last, conv guard) as ``train.json`` runs it.
+``--paired``: side-by-side ratios in ONE process, timed in alternating rounds, so a shared, noisy CPU slows both
+candidates alike; reports each round's ratio and their median. Three modes, each our network vs its reference:
+``infer`` (one 96^3 window: the 3D guided-attention network as its bundle infers, ``prepare_for_inference`` +
+``PrecisionInferer``, vs MONAI's AttentionUnet fp32), ``train`` (one forward + backward of the guided network as
+its bundle trains it, ``PrecisionInferer`` with precision auto and channels-last, vs MONAI's AttentionUnet fp32)
+and ``train-unet`` (our AttentionUNet as its bundle trains it vs MONAI's AttentionUnet at the same widths, strides
+and classes with bf16 autocast + channels-last). ``--train-shapes bundle`` trains each bundle's own network on its
+patch and batch (``configs/train.json``: 2 x 64 x 64 x 32); an edge (``96``) trains the benchmark's networks on one
+cubic patch. Every row carries GFLOP (``common.network_gflop``: forward, or forward + backward) and GFLOP/s next
+to the matmul peaks measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CaseFailedError, machine, measure, print_table, run_case_in_subprocess, write_json
+from common import (
+    CaseFailedError,
+    add_throughput,
+    machine,
+    matmul_peaks,
+    measure,
+    network_gflop,
+    print_table,
+    run_case_in_subprocess,
+    write_json,
+)
 
 CHANNELS = (16, 32, 64, 128, 256)
 STRIDES = (2, 2, 2, 2)
@@ -65,8 +81,6 @@ def flatten(output) -> list[torch.Tensor]:
 
 def run_case(case: dict) -> dict:
     """One (network, mode, precision, layout) case, in this process."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     torch.manual_seed(0)
     dims, size = case["dims"], case["size"]
     network = build(case["net"], dims)
@@ -75,9 +89,8 @@ def run_case(case: dict) -> dict:
         layout = torch.channels_last_3d if dims == 3 else torch.channels_last
         network = network.to(memory_format=layout)
         x = x.contiguous(memory_format=layout)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        network.eval()(x)
-    forward_gflop = counter.get_total_flops() / 1e9
+    train = case["mode"] == "train"
+    gflop = network_gflop(copy.deepcopy(network).train(train), x, train=train)
     dtype = torch.bfloat16 if case["precision"] == "bf16" else torch.float32
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
     if case["mode"] == "infer" and case["fold_norm"]:
@@ -108,34 +121,62 @@ def run_case(case: dict) -> dict:
             network.zero_grad(set_to_none=True)
 
     result = measure(step, repeats=case["repeats"], warmup=1)
-    result["gflop"] = forward_gflop * (3 if case["mode"] == "train" else 1)
-    result["gflop_per_s"] = result["gflop"] / result["median_s"]
+    add_throughput(result, gflop, case.get("peaks"))
     result["params_m"] = sum(p.numel() for p in network.parameters()) / 1e6
     return result
 
 
-def paired(size: int, rounds: int, repeats: int, modes: list[str]) -> list[dict]:
-    """Alternating rounds of MONAI AttentionUnet fp32 vs our guided-attention network as its bundle runs it."""
-    import statistics
+def bundle_network(name: str) -> tuple[torch.nn.Module, list[int]]:
+    """The network a shipped bundle's ``configs/train.json`` builds, and its training batch shape (batch = the
+    patches drawn per volume, ``num_samples`` x the loader's ``batch_size``; one input channel)."""
+    from monai.bundle import ConfigParser
 
+    config = ConfigParser()
+    config.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / name / "configs" / "train.json"))
+    batch = int(config["num_samples"]) * int(config["train"]["dataloader"]["batch_size"])
+    return config.get_parsed_content("network_def", instantiate=True), [batch, int(config["in_channels"])] + list(
+        config["roi_size"]
+    )
+
+
+def monai_like(network: torch.nn.Module) -> torch.nn.Module:
+    """MONAI's AttentionUnet at the widths, strides and classes of our AttentionUNet ``network``."""
+    from monai.networks.nets import AttentionUnet
+
+    widths = [level[-1].conv_1.conv.out_channels for level in network.encoder]
+    strides = [level[0].kernel_size for level in network.encoder[1:]]
+    return AttentionUnet(network.spatial_dims, network.in_channels, network.head.out_channels, widths, strides)
+
+
+def paired_cases(train_shape: str, peaks: dict | None) -> dict[str, list[tuple[str, Callable[[], None], float]]]:
+    """(name, step, GFLOP) per mode, the first of each mode the reference: ``infer`` (96^3, one window, the guided
+    network as its bundle infers vs MONAI AttentionUnet fp32), ``train`` (the guided network as its bundle trains vs
+    MONAI AttentionUnet fp32) and ``train-unet`` (our AttentionUNet as its bundle trains vs MONAI AttentionUnet with
+    bf16 autocast + channels-last, the two lines a MONAI user would add). ``train_shape`` is ``bundle`` (each
+    bundle's own network, patch and batch: 2 x 64 x 64 x 32) or an edge (one cubic patch, batch 1, the
+    benchmark's widths and 4 classes)."""
     from monai.inferers import SimpleInferer
 
-    from medattn3d.engine.precision import PrecisionInferer, prepare_for_inference, to_float
+    from medattn3d.engine.precision import PrecisionInferer, prepare_for_inference
 
     torch.manual_seed(0)
-    x = torch.randn(1, 1, size, size, size)
+    x = torch.randn(1, 1, 96, 96, 96)
     monai = build("MONAI AttentionUnet", 3)
     ours = prepare_for_inference(build("ours MSGuidedAttention", 3), "auto", channels_last=True)
     infer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True)
-    trained = build("ours MSGuidedAttention", 3).train()
-    train_inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True)
-    monai_train = build("MONAI AttentionUnet", 3)
-
-    def per_scale(flag: bool) -> None:
-        """Run the shared encoder-decoder once per scale (the step module alone in training mode; its children,
-        BatchNorms included, stay in eval mode, so the function is the same)."""
-        for step in ours.steps:
-            step.training = flag
+    if train_shape == "bundle":
+        guided, shape = bundle_network("ms_guided_attention_3d")
+        unet, unet_shape = bundle_network("attention_unet_3d")
+    else:
+        edge = int(train_shape)
+        guided, unet, shape = build("ours MSGuidedAttention", 3), build("ours AttentionUNet", 3), [1, 1] + [edge] * 3
+        unet_shape = shape
+    train_x, unet_x = torch.randn(shape), torch.randn(unet_shape)
+    monai_train, monai_unet = monai_like(unet), monai_like(unet)
+    if train_shape == "bundle":  # the guided reference: MONAI's network at the benchmark's widths, same patch
+        monai_train = build("MONAI AttentionUnet", 3)
+    monai_unet.to(memory_format=torch.channels_last_3d)
+    unet_x_last = unet_x.contiguous(memory_format=torch.channels_last_3d)
 
     def monai_infer() -> None:
         with torch.no_grad():
@@ -145,53 +186,84 @@ def paired(size: int, rounds: int, repeats: int, modes: list[str]) -> list[dict]
         with torch.no_grad():
             infer(x, ours)
 
-    def ours_infer_per_scale() -> None:
-        per_scale(True)
-        try:
-            ours_infer()
-        finally:
-            per_scale(False)
-
-    def monai_train_step() -> None:
-        monai_train.train()(x).float().mean().backward()
+    def monai_fp32_step() -> None:
+        monai_train.train()(train_x).float().mean().backward()
         monai_train.zero_grad(set_to_none=True)
 
-    def ours_train_step() -> None:
-        outputs = to_float(train_inferer(x, trained))
-        sum(t.mean() for t in flatten(outputs)).backward()
-        trained.zero_grad(set_to_none=True)
+    def monai_bf16_last_step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = monai_unet.train()(unet_x_last)
+        out.float().mean().backward()
+        monai_unet.zero_grad(set_to_none=True)
 
-    cases = {
+    def bundle_step(network: torch.nn.Module, batch: torch.Tensor) -> Callable[[], None]:
+        """One forward + backward as the bundle's trainer runs it (PrecisionInferer, precision auto, channels-last)."""
+        inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True)
+
+        def step() -> None:
+            sum(t.mean() for t in flatten(inferer(batch, network.train()))).backward()
+            network.zero_grad(set_to_none=True)
+
+        return step
+
+    def gflop(network: torch.nn.Module, batch: torch.Tensor, train: bool) -> float:
+        return network_gflop(copy.deepcopy(network).train(train), batch, train=train)
+
+    return {
         "infer": [
-            ("MONAI AttentionUnet fp32", monai_infer),
-            ("ours MSGuidedAttention as its bundle runs it", ours_infer),
-            ("ours, encoder-decoder once per scale (before)", ours_infer_per_scale),
+            ("MONAI AttentionUnet fp32", monai_infer, gflop(monai, x, False)),
+            ("ours MSGuidedAttention as its bundle runs it", ours_infer, gflop(ours, x.to(torch.bfloat16), False)),
         ],
-        "train": [("MONAI AttentionUnet fp32", monai_train_step), ("ours MSGuidedAttention bf16", ours_train_step)],
+        "train": [
+            ("MONAI AttentionUnet fp32", monai_fp32_step, gflop(monai_train, train_x, True)),
+            (
+                "ours MSGuidedAttention as its bundle trains it",
+                bundle_step(guided, train_x),
+                gflop(guided, train_x, True),
+            ),
+        ],
+        "train-unet": [
+            ("MONAI AttentionUnet bf16 + channels-last", monai_bf16_last_step, gflop(monai_unet, unet_x, True)),
+            ("ours AttentionUNet as its bundle trains it", bundle_step(unet, unet_x), gflop(unet, unet_x, True)),
+        ],
     }
+
+
+def paired(
+    train_shapes: list[str], rounds: int, repeats: int, modes: list[str], peaks: dict | None = None
+) -> list[dict]:
+    """Alternating rounds of each mode's reference and our network, all in this process (see the docstring)."""
+    import statistics
+
     rows = []
-    for mode, entries in cases.items():
-        if mode not in modes:
-            continue
-        times: dict[str, list[float]] = {name: [] for name, _ in entries}
-        for _ in range(rounds):
-            for name, step in entries:
-                times[name].append(measure(step, repeats=repeats, warmup=1)["median_s"])
-        reference = times[entries[0][0]]
-        for name, _ in entries:
-            ratios = [r / t for r, t in zip(reference, times[name], strict=True)]
-            rows.append(
-                {
+    for train_shape in train_shapes:
+        cases = paired_cases(train_shape, peaks)
+        for mode, entries in cases.items():
+            if mode not in modes or (mode == "infer" and train_shape != train_shapes[0]):
+                continue
+            times: dict[str, list[float]] = {name: [] for name, _, _ in entries}
+            for _ in range(rounds):
+                for name, step, _ in entries:
+                    times[name].append(measure(step, repeats=repeats, warmup=1)["median_s"])
+            reference = times[entries[0][0]]
+            for name, _, gflop in entries:
+                ratios = [r / t for r, t in zip(reference, times[name], strict=True)]
+                row = {
                     "mode": mode,
+                    "shape": "1x1x96^3" if mode == "infer" else train_shape,
                     "net": name,
+                    "reference": entries[0][0],
                     "median_s": statistics.median(times[name]),
                     "round_s": times[name],
-                    "speedup_vs_monai_attunet_fp32": statistics.median(ratios),
+                    "speedup_vs_reference": statistics.median(ratios),
                     "round_ratios": ratios,
                 }
-            )
-            ratio = rows[-1]["speedup_vs_monai_attunet_fp32"]
-            print(f"{mode:5s} {name:48s} {rows[-1]['median_s']:.3f} s  ratio {ratio:.3f}", flush=True)
+                rows.append(add_throughput(row, gflop, peaks))
+                print(
+                    f"{mode:10s} {row['shape']:8s} {name:48s} {row['median_s']:.3f} s  ratio {ratios} "
+                    f"{row['gflop']:.1f} GFLOP {row['gflop_per_s']:.0f} GFLOP/s",
+                    flush=True,
+                )
     return rows
 
 
@@ -203,7 +275,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="edge of the input (default 96 in 3D, 512 in 2D)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--nets", nargs="*", default=list(NETS), choices=NETS)
-    parser.add_argument("--modes", nargs="*", default=["infer", "train"], choices=["infer", "train"])
+    parser.add_argument("--modes", nargs="*", default=["infer", "train"], choices=["infer", "train", "train-unet"])
+    parser.add_argument(
+        "--train-shapes",
+        nargs="*",
+        default=["bundle", "96"],
+        help="--paired training patches: 'bundle' (each bundle's own patch and batch) and/or cubic edges",
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,19 +289,24 @@ def main() -> None:
         print(json.dumps(run_case(json.loads(args.case))))
         return
     size = args.size or (96 if args.dims == 3 else 512)
+    peaks = matmul_peaks()
+    print(f"matmul peaks: fp32 {peaks['fp32_gflop_per_s']:.0f} GFLOP/s, bf16 {peaks['bf16_gflop_per_s']:.0f} GFLOP/s")
     if args.paired:
-        rows = paired(args.size or 96, args.rounds, max(1, args.repeats // 2), args.modes)
-        print(f"\n3D, input 1x1x{size}^3, {args.rounds} alternating rounds in one process, {machine()}")
-        print_table(rows, ["mode", "net", "median_s", "speedup_vs_monai_attunet_fp32"])
-        write_json(args.json, {"benchmark": "network_step_paired", "machine": machine(), "size": size, "rows": rows})
+        modes = args.modes if args.modes != ["infer", "train"] else ["infer", "train", "train-unet"]
+        rows = paired(args.train_shapes, args.rounds, max(1, args.repeats // 2), modes, peaks)
+        print(f"\n3D, {args.rounds} alternating rounds in one process, {machine()}")
+        print_table(rows, ["mode", "shape", "net", "median_s", "speedup_vs_reference", "gflop", "gflop_per_s"])
+        payload = {"benchmark": "network_step_paired", "machine": machine(), "matmul_peaks": peaks, "rows": rows}
+        write_json(args.json, payload)
         return
     rows = []
-    for mode in args.modes:
+    for mode in [m for m in args.modes if m in ("infer", "train")]:
         for net in args.nets:
             for precision, channels_last, fold_norm in VARIANTS:
                 if fold_norm and mode == "train":
                     continue
                 case = {
+                    "peaks": peaks,
                     "fold_norm": fold_norm,
                     "net": net,
                     "dims": args.dims,
@@ -275,7 +358,15 @@ def main() -> None:
         ],
     )
     write_json(
-        args.json, {"benchmark": "network_step", "machine": machine(), "dims": args.dims, "size": size, "rows": rows}
+        args.json,
+        {
+            "benchmark": "network_step",
+            "machine": machine(),
+            "matmul_peaks": peaks,
+            "dims": args.dims,
+            "size": size,
+            "rows": [{k: v for k, v in row.items() if k != "peaks"} for row in rows],
+        },
     )
 
 
