@@ -108,6 +108,26 @@ def network_step(data: dict) -> str:
     return render(data, columns, intro=f"Input 1 x 1 x {size}, batch 1.")
 
 
+def network_step_paired(data: dict) -> str:
+    """``network_step.py --paired``: each mode's reference and candidates in alternating rounds of one process."""
+
+    def ratio(r: dict) -> str:
+        value = r.get("speedup_vs_reference", r.get("speedup_vs_monai_attunet_fp32"))
+        return f"{value:.2f}x" if isinstance(value, float) else ""
+
+    columns: list[Column] = [
+        ("mode", "mode", None),
+        ("shape", "shape", None),
+        ("network", "net", None),
+        ("reference", "reference", None),
+        ("median s", "median_s", 3),
+        ("vs the reference", ratio, None),
+        ("per-round ratios", lambda r: ", ".join(f"{v:.2f}" for v in r.get("round_ratios", [])), None),
+    ]
+    intro = f"Input 1 x 1 x {data['size']}^3, batch 1." if "size" in data else ""
+    return render(data, columns, intro=intro)
+
+
 def position_attention(data: dict) -> str:
     def timing(r: dict) -> str:
         return f"skipped: {r['skipped']}" if "skipped" in r and "median_s" not in r else _fmt(r.get("median_s"))
@@ -280,7 +300,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "runtime_agreement": runtime_agreement,
     "network_step_3d": network_step,
     "network_step_2d": network_step,
-    "network_step_paired": network_step,
+    "network_step_paired": network_step_paired,
     "position_attention": position_attention,
     "position_attention_kernels": position_attention,
     "whole_volume": whole_volume,
