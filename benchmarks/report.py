@@ -142,6 +142,24 @@ def position_attention(data: dict) -> str:
     return render(data, columns)
 
 
+def position_attention_backward(data: dict) -> str:
+    """``position_attention.py --backward``: the training attention product, fused vs ours, alternating rounds."""
+    columns: list[Column] = [
+        ("implementation", "impl", None),
+        ("positions", "positions", None),
+        ("C", "channels", None),
+        ("median s (fwd+bwd)", "median_s", 3),
+        ("vs fused", _speedup("speed_vs_fused"), None),
+        ("per-round ratios", lambda r: ", ".join(f"{v:.2f}" for v in r.get("round_ratios", [])), None),
+        (
+            "max abs gradient difference",
+            lambda r: f"{r['max_abs_grad_diff']:.2g}" if "max_abs_grad_diff" in r else "",
+            None,
+        ),
+    ]
+    return render(data, columns)
+
+
 def whole_volume(data: dict) -> str:
     columns: list[Column] = [
         ("pipeline", "pipeline", None),
@@ -303,6 +321,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "network_step_paired": network_step_paired,
     "position_attention": position_attention,
     "position_attention_kernels": position_attention,
+    "position_attention_backward": position_attention_backward,
     "whole_volume": whole_volume,
     "batch_infer": batch_infer,
     "dicom_seg": generic,

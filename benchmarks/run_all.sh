@@ -7,10 +7,10 @@
 #
 # Expected minutes on this 2-core VM when quiet (load < 1.5), estimated from round 2's results (the longest ones
 # took 1.5-3x as long under load): runtimes 3, int8 4, runtime_agreement 6, network_step_3d 10, network_step_2d 13,
-# network_step_paired 8, position_attention 5, position_attention_kernels 2, whole_volume 4, batch_infer 12,
-# dicom_seg 6, fingerprint 2, pipeline_steps 1, allocator 3, compile 2, conv3d_bf16_gradients 1,
-# precision_accuracy 3, gradcam_vs_attention 3, attention_on_off 20 (9 runs of 120 CPU-s, two at a time; 45 at
-# load ~8). Total about 110 minutes.
+# network_step_paired 15, position_attention 5, position_attention_kernels 2, position_attention_backward 2,
+# whole_volume 5, batch_infer 12, dicom_seg 6, fingerprint 2, pipeline_steps 1, allocator 3, compile 2,
+# conv3d_bf16_gradients 1, precision_accuracy 3, gradcam_vs_attention 3, attention_on_off 20 (9 runs of 120 CPU-s,
+# two at a time; 45 at load ~8). Total about 2 hours.
 # Every timing benchmark measures this machine's fp32/bf16 matmul peaks at its start and end (benchmarks/common.py
 # matmul_peaks) and stores them in its JSON next to its rows' GFLOP/s (attention_on_off: the one-thread peaks, its
 # runs use one thread each); conv3d_bf16_gradients and gradcam_vs_attention measure accuracy only. Run it on a quiet machine: the peaks and the rows see the same load, but a loaded run's figures are
@@ -51,6 +51,7 @@ bench network_step_2d $PY benchmarks/network_step.py --dims 2 --json $R/network_
 bench network_step_paired $PY benchmarks/network_step.py --paired --json $R/network_step_paired.json
 bench position_attention $PY benchmarks/position_attention.py --json $R/position_attention.json
 bench position_attention_kernels $PY benchmarks/position_attention.py --kernels --json $R/position_attention_kernels.json
+bench position_attention_backward $PY benchmarks/position_attention.py --backward --json $R/position_attention_backward.json
 bench whole_volume $PY benchmarks/whole_volume.py --json $R/whole_volume.json
 bench batch_infer $PY benchmarks/batch_infer.py --json $R/batch_infer.json
 bench dicom_seg $PY benchmarks/dicom_seg.py --json $R/dicom_seg.json
