@@ -11,10 +11,11 @@
 # whole_volume 5, batch_infer 12, dicom_seg 6, fingerprint 2, pipeline_steps 1, allocator 3, compile 2,
 # conv3d_bf16_gradients 1, precision_accuracy 3, gradcam_vs_attention 3, attention_on_off 20 (9 runs of 120 CPU-s,
 # two at a time; 45 at load ~8). Total about 2 hours.
-# Every timing benchmark measures this machine's fp32/bf16 matmul peaks at its start and end (benchmarks/common.py
-# matmul_peaks) and stores them in its JSON next to its rows' GFLOP/s (attention_on_off: the one-thread peaks, its
-# runs use one thread each); conv3d_bf16_gradients and gradcam_vs_attention measure accuracy only. Run it on a quiet machine: the peaks and the rows see the same load, but a loaded run's figures are
-# not comparable with another run's. `uptime` before and after each benchmark goes to benchmarks/results/run_all.log.
+# Every timing benchmark measures this machine's fp32/bf16 matmul peaks at its start (most also at its end) with
+# benchmarks/common.py matmul_peaks and stores them in its JSON next to its rows' GFLOP/s (attention_on_off: the
+# one-thread peaks, its runs use one thread each); conv3d_bf16_gradients and gradcam_vs_attention measure accuracy
+# only. Run it on a quiet machine: the peaks and the rows see the same load, but a loaded run's figures are not
+# comparable with another run's. The load before and after each benchmark goes to benchmarks/results/run_all.log.
 # A failing benchmark is logged and the rest still run; the exit status is non-zero if any failed.
 # Then: .venv/bin/python benchmarks/report.py > /tmp/tables.md (the tables of docs/benchmarks.md).
 set -uo pipefail
