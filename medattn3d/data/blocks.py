@@ -12,8 +12,9 @@ than whole-volume ops with two intra-op threads, results bit for bit the same.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -60,6 +61,38 @@ def run_blocks(jobs: Sequence[Callable[[], Any]]) -> None:
         _LOCK.release()
 
 
+@contextmanager
+def block_stream() -> Iterator[Callable[[Callable[[], Any]], None]]:
+    """Like :func:`run_blocks` for jobs that arrive over time: yields ``submit(job)``; jobs run on the pool while
+    this thread goes on (e.g. decompressing the next part of a file), and leaving the block waits for all of them
+    (the first failure is raised then). Inline when :func:`run_blocks` would run inline."""
+    threads = torch.get_num_threads()
+    if threads <= 1 or not _LOCK.acquire(blocking=False):
+        yield lambda job: job()
+        return
+    futures: list = []
+    try:
+        pool = _pool(threads)
+        torch.set_num_threads(1)
+        try:
+            yield lambda job: futures.append(pool.submit(job))
+        finally:
+            for future in futures:
+                future.exception()  # every job has ended, also when the caller failed
+            torch.set_num_threads(threads)
+        for future in futures:
+            future.result()
+    finally:
+        _LOCK.release()
+
+
+def tile_slices(shape: Sequence[int], element_bytes: int) -> list[tuple]:
+    """Index tuples of the tiles :func:`copy_blocked` uses for a tensor of ``shape``: over the first and last axes."""
+    first, last = (8, 32) if element_bytes >= 4 else (16, 16)
+    rows, columns = range(0, shape[0], first), range(0, shape[-1], last)
+    return [(slice(i, i + first), ..., slice(k, k + last)) for i in rows for k in columns]
+
+
 def copy_blocked(
     target: torch.Tensor, source: torch.Tensor, convert: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> torch.Tensor:
@@ -71,13 +104,8 @@ def copy_blocked(
         raise ValueError(f"copy_blocked: target shape {tuple(target.shape)} differs from {tuple(source.shape)}")
     if source.dim() < 2:
         return target.copy_(source if convert is None else convert(source))
-    first, last = (8, 32) if max(source.element_size(), target.element_size()) >= 4 else (16, 16)
-    jobs = []
-    for i in range(0, source.shape[0], first):
-        for k in range(0, source.shape[-1], last):
-            tile = (slice(i, i + first), ..., slice(k, k + last))
-            jobs.append(partial(_copy_tile, target[tile], source[tile], convert))
-    run_blocks(jobs)
+    tiles = tile_slices(source.shape, max(source.element_size(), target.element_size()))
+    run_blocks([partial(_copy_tile, target[tile], source[tile], convert) for tile in tiles])
     return target
 
 

@@ -16,7 +16,7 @@ from monai.config import KeysCollection
 from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform
 
-from medattn3d.data.blocks import copy_blocked
+from medattn3d.data.blocks import block_stream, copy_blocked, tile_slices
 from medattn3d.data.dicom import inspect_series
 from medattn3d.errors import InputError
 
@@ -62,6 +62,10 @@ class RowMajorNibabelReader(NibabelReader):
             scaled = scaled_to_float32(img.dataobj)
             if scaled is not None:
                 return scaled
+        if not self.to_gpu:
+            streamed = stream_gzip_voxels(img.dataobj)
+            if streamed is not None:
+                return streamed
         data = super()._get_array_data(img, filename)
         if isinstance(data, np.ndarray) and data.ndim > 1 and not data.flags.c_contiguous:
             try:
@@ -70,6 +74,54 @@ class RowMajorNibabelReader(NibabelReader):
                 return data
             return copy_blocked(torch.empty(source.shape, dtype=source.dtype), source).numpy()
         return data
+
+
+STREAM_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int16, np.uint8, np.int8, np.int32, np.int64))
+STREAM_CHUNK_BYTES = 4 << 20
+
+
+def stream_gzip_voxels(proxy: Any) -> np.ndarray | None:
+    """The voxels of an unscaled gzipped NIfTI, row-major, reordered while the file decompresses: each ~4 MB of
+    slices (contiguous in the file's column-major order) goes to the block pool as soon as it is read
+    (:func:`medattn3d.data.blocks.block_stream`), so decompression (one core) and reordering overlap instead of
+    following each other. ``None`` where this does not apply (not ``.gz``, scaled, or a type torch cannot hold
+    natively): nibabel then reads as usual."""
+    from nibabel.arrayproxy import ArrayProxy
+    from nibabel.openers import ImageOpener
+
+    if not isinstance(proxy, ArrayProxy) or len(proxy.shape) < 2 or getattr(proxy, "order", "F") != "F":
+        return None
+    if not str(proxy.file_like).lower().endswith(".gz") or (float(proxy.slope), float(proxy.inter)) != (1.0, 0.0):
+        return None
+    dtype = np.dtype(proxy.dtype)
+    if not dtype.isnative or dtype not in STREAM_DTYPES:
+        return None
+    shape = tuple(int(s) for s in proxy.shape)
+    slab = int(np.prod(shape[:-1]))  # voxels of one index along the last axis: contiguous in the file
+    per_chunk = max(1, STREAM_CHUNK_BYTES // (slab * dtype.itemsize))
+    target = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+    with ImageOpener(proxy.file_like) as stream, block_stream() as submit:
+        stream.seek(proxy.offset)
+        for start in range(0, shape[-1], per_chunk):
+            count = min(per_chunk, shape[-1] - start)
+            chunk = np.empty(slab * count, dtype)
+            _read_exactly(stream, chunk, proxy.file_like)
+            source = torch.from_numpy(chunk.reshape((*shape[:-1], count), order="F"))
+            part = target[..., start : start + count]
+            for tile in tile_slices(source.shape, dtype.itemsize):
+                submit(partial(torch.Tensor.copy_, part[tile], source[tile]))
+    return target.numpy()
+
+
+def _read_exactly(stream: Any, array: np.ndarray, name: Any) -> None:
+    """Fill ``array`` from ``stream``; a short read is a truncated file."""
+    view = memoryview(array).cast("B")
+    done = 0
+    while done < len(view):
+        got = stream.readinto(view[done:])
+        if not got:
+            raise OSError(f"{name}: the voxel data ends early (truncated file?)")
+        done += got
 
 
 SCALED_RAW_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))  # exact in float32, torch-native
@@ -144,7 +196,9 @@ def load_volume(
     reader = None
     if path.name.lower().endswith(_NIBABEL_SUFFIXES):
         reader = RowMajorNibabelReader(scaled_dtype=dtype if _is_float32(dtype) else None)
-    return _read(LoadImage(reader=reader, image_only=image_only, dtype=dtype), path, path)
+    # a NIfTI goes to nibabel only: were MONAI to fall back to ITK after nibabel failed, a truncated .nii.gz would
+    # load as partly garbage instead of being refused
+    return _read(LoadImage(image_only=image_only, dtype=dtype), path, path, reader)
 
 
 def _is_float32(dtype: Any) -> bool:
@@ -199,10 +253,11 @@ def load_channels(paths: Sequence[str | Path], series_uid: str | None = None, dt
     return MetaTensor(stacked, meta=meta)
 
 
-def _read(loader: LoadImage, source: Path, shown: Path) -> Any:
-    """Run ``loader`` on ``source``; any reader failure becomes an ``InputError`` naming ``shown``."""
+def _read(loader: LoadImage, source: Path, shown: Path, reader: Any = None) -> Any:
+    """Run ``loader`` on ``source`` (with ``reader`` alone when given, else MONAI's choice among its readers); any
+    reader failure becomes an ``InputError`` naming ``shown``."""
     try:
-        return loader(str(source))
+        return loader(str(source), reader=reader)
     except Exception as err:  # readers raise many types; the user needs the file and the reason
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise InputError(shown, f"cannot be read as an image ({reason[:300]})") from err

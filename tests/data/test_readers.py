@@ -152,6 +152,17 @@ def test_missing_empty_truncated_and_non_image_files(tmp_path):
         load_volume(tmp_path / "text.nii.gz")
 
 
+def test_gzipped_nifti_cut_short_is_explained(tmp_path):
+    """The streamed .nii.gz reader refuses a file whose voxel data ends early, naming it."""
+    noise = np.random.default_rng(5).normal(size=(40, 30, 20)).astype(np.float32)  # does not compress
+    raw = save_nifti(noise, np.eye(4), tmp_path / "good.nii").read_bytes()
+    (tmp_path / "short.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))  # a complete gzip, too little data
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(raw)[:5000])  # a gzip stream cut off
+    for name in ("short", "cut"):
+        with pytest.raises(InputError, match=rf"{name}\.nii\.gz: cannot be read as an image"):
+            load_volume(tmp_path / f"{name}.nii.gz")
+
+
 def test_nibabel_still_reads_what_we_consider_good(tmp_path):
     path = save_nifti(np.zeros((4, 4, 4), np.int16), np.eye(4), tmp_path / "z.nii.gz")
     assert nib.load(str(path)).shape == (4, 4, 4)
