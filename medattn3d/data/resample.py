@@ -135,7 +135,8 @@ class SeparableSpatialResample(SpatialResample):
         dtype_pt = get_equivalent_dtype(dtype or self.dtype or img.dtype, torch.Tensor)
         lazy_ = self.lazy if lazy is None else lazy
         fast = None
-        if not lazy_ and _option(mode) == "bilinear" and _option(padding_mode) == "border":
+        forward = getattr(self, "separable_forward", True)
+        if forward and not lazy_ and _option(mode) == "bilinear" and _option(padding_mode) == "border":
             fast = self._separable(img, dst_affine, spatial_size, align_corners, dtype_pt)
         if fast is not None:
             return fast
@@ -219,9 +220,12 @@ class SeparableSpatialResample(SpatialResample):
 class FastInverseSpacingd(MonaiSpacingd):
     """``monai.transforms.Spacingd`` (same arguments, same output geometry and record) that resamples separably
     where the map allows, forward and in the inverse ``Invertd`` calls when a prediction goes back to the input's
-    grid. (The name predates the separable forward pass.)"""
+    grid. (The name predates the separable forward pass.)
 
-    def __init__(self, *args, **kwargs) -> None:
+    ``separable_forward=False`` keeps MONAI's forward resampling (its float32 ``grid_sample`` values, ~1e-5 from the
+    separable ones), e.g. to reproduce outputs written before the forward pass became separable."""
+
+    def __init__(self, *args, separable_forward: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         resample = self.spacing_transform.sp_resample
         self.spacing_transform.sp_resample = SeparableSpatialResample(
@@ -231,3 +235,4 @@ class FastInverseSpacingd(MonaiSpacingd):
             dtype=resample.dtype,
             lazy=resample.lazy,
         )
+        self.spacing_transform.sp_resample.separable_forward = separable_forward

@@ -81,6 +81,7 @@ def segmentation_transforms(
     image_key: str = "image",
     label_key: str = "label",
     normalization: Sequence[Mapping[str, Any]] | None = None,
+    separable_forward: bool = True,
 ) -> Compose:
     """The preprocessing pipeline for one stage, as a MONAI ``Compose`` (usable as a bundle config ``_target_``).
 
@@ -99,6 +100,9 @@ def segmentation_transforms(
 
     With ``spatial_dims=2`` the volumes stay 3D and training takes axial slices: patches of ``(*roi_size, 1)``
     squeezed to 2D; validation and inference run the 2D network slice by slice (``monai.inferers.SliceInferer``).
+
+    Resampling runs separably (:class:`medattn3d.data.resample.FastInverseSpacingd`); ``separable_forward=False``
+    keeps MONAI's forward ``grid_sample`` (values ~1e-5 apart), to reproduce outputs of earlier versions exactly.
 
     Flips across left-right and in-plane rotations are off by default: they swap left and right organs
     (kidneys, liver/spleen), which a multi-organ model must tell apart.
@@ -127,7 +131,11 @@ def segmentation_transforms(
         steps.append(Orientationd(keys, axcodes=axcodes, labels=None))
     if pixdim is not None:
         # fp32 resampling (MONAI's default is float64: twice the memory traffic for no visible gain), inverted separably
-        steps.append(FastInverseSpacingd(keys, pixdim=pixdim, mode=interpolation, dtype=torch.float32))
+        steps.append(
+            FastInverseSpacingd(
+                keys, pixdim=pixdim, mode=interpolation, dtype=torch.float32, separable_forward=separable_forward
+            )
+        )
     if normalization is not None:
         steps.append(NormalizeChannelsd(image_key, normalization))
     else:

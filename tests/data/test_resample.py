@@ -127,3 +127,14 @@ def test_fast_inverse_in_2d():
     assert ours.shape == expected.shape == (1, 40, 33)
     torch.testing.assert_close(ours.as_tensor(), expected.as_tensor(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.affine, expected.affine)
+
+
+def test_separable_forward_can_be_turned_off(monkeypatch):
+    """``separable_forward=False``: MONAI's forward values exactly; the inverse stays separable."""
+    image = _meta_image((23, 19, 11), np.diag([0.8, 0.7, 2.5, 1.0]))
+    monai = Spacingd("image", pixdim=(1.5, 1.5, 2.0), dtype=torch.float32)({"image": image.clone()})["image"]
+    fast = FastInverseSpacingd("image", pixdim=(1.5, 1.5, 2.0), dtype=torch.float32, separable_forward=False)
+    ours = fast({"image": image.clone()})
+    assert torch.equal(ours["image"].as_tensor(), monai.as_tensor())
+    monkeypatch.setattr(SpatialResample, "inverse", _must_not_run)
+    assert fast.inverse(ours)["image"].shape == (1, 23, 19, 11)
