@@ -25,7 +25,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CaseFailedError, machine, measure, print_table, run_case_in_subprocess, write_json
+from common import (
+    CaseFailedError,
+    add_throughput,
+    count_gflop,
+    machine,
+    matmul_peaks,
+    measure,
+    print_table,
+    run_case_in_subprocess,
+    write_json,
+)
 
 
 def naive(module, x: torch.Tensor) -> torch.Tensor:
@@ -52,6 +62,13 @@ def run_case(case: dict) -> dict:
         module.zero_grad(set_to_none=True)
 
     result = measure(step, repeats=case["repeats"], warmup=1)
+
+    def ours_step() -> None:  # both rows are rated by ours' arithmetic, so the naive form is not "faster" by doing more
+        module(x).sum().backward()
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+
+    add_throughput(result, count_gflop(ours_step), case.get("peaks"))
     with torch.no_grad():
         out = forward()
     result["checksum"] = float(out.double().sum())
@@ -126,9 +143,60 @@ def kernels(edge: int, channels: int, rounds: int, repeats: int) -> list[dict]:
     return rows
 
 
+def backward_kernels(edge: int, channels: int, rounds: int, repeats: int, peaks: dict) -> list[dict]:
+    """Alternating rounds of the training product, forward + backward in fp32 (see the module docstring)."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    from medattn3d.networks.blocks.dual_attention import PositionAttentionProduct
+
+    torch.manual_seed(0)
+    n, width = edge**3, max(channels // 8, 1)
+    q, k = torch.randn(1, n, width), torch.randn(1, n, width)
+    v, weight = torch.randn(1, n, channels), torch.randn(1, n, channels)
+
+    def fused() -> tuple[torch.Tensor, ...]:
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        qp, kp = (F.pad(t, [0, channels - width]).unsqueeze(1) for t in leaves[:2])
+        out = F.scaled_dot_product_attention(qp, kp, leaves[2].unsqueeze(1), scale=1.0)[:, 0]
+        return torch.autograd.grad((out * weight).sum(), leaves)
+
+    def ours() -> tuple[torch.Tensor, ...]:
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        return torch.autograd.grad((PositionAttentionProduct.apply(*leaves) * weight).sum(), leaves)
+
+    candidates = {
+        "PyTorch fused forward + backward (q/k padded)": fused,
+        "ours: fused forward, blockwise backward": ours,
+    }
+    difference = max(float((a - b).abs().max()) for a, b in zip(fused(), ours(), strict=True))
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, run in candidates.items():
+            times[name].append(measure(run, repeats=repeats, warmup=1)["median_s"])
+    reference = times["PyTorch fused forward + backward (q/k padded)"]
+    rows = []
+    for name, run in candidates.items():
+        ratios = [a / b for a, b in zip(reference, times[name], strict=True)]
+        row = {
+            "impl": name,
+            "positions": f"{edge}^3",
+            "channels": channels,
+            "median_s": statistics.median(times[name]),
+            "speed_vs_fused": statistics.median(ratios),
+            "round_ratios": ratios,
+            "max_abs_grad_diff": difference,
+        }
+        rows.append(add_throughput(row, count_gflop(run), peaks))
+        print(f"{name:48s} {row['median_s']:.3f} s  x{row['speed_vs_fused']:.2f}  {row['gflop']:.1f} GFLOP", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", action="store_true", help="one-process kernel comparison (see the docstring)")
+    parser.add_argument("--backward", action="store_true", help="training product, fused vs ours (docstring)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--edges", nargs="*", type=int, default=[8, 12, 16, 20, 24, 28, 32])
     parser.add_argument("--channels", type=int, default=64)
@@ -140,11 +208,20 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
+    peaks = matmul_peaks()
+    if args.backward:
+        rows = backward_kernels(24, 32, args.rounds, args.repeats, peaks)
+        print(f"\ntraining attention product at 24^3 positions, C = 32, q/k width 4, fp32, {machine()}")
+        print_table(rows, ["impl", "median_s", "speed_vs_fused", "gflop", "gflop_per_s", "max_abs_grad_diff"])
+        payload = {"benchmark": "position_attention_backward", "machine": machine(), "matmul_peaks": peaks}
+        write_json(args.json, {**payload, "rows": rows})
+        return
     if args.kernels:
         rows = kernels(24, 32, args.rounds, args.repeats)
         print(f"\nattention product at 24^3 positions, C = 32, q/k width 4, inference, {machine()}")
         print_table(rows, ["dtype", "impl", "median_s", "speed_vs_ours", "max_abs_diff_vs_ours"])
-        write_json(args.json, {"benchmark": "position_attention_kernels", "machine": machine(), "rows": rows})
+        payload = {"benchmark": "position_attention_kernels", "machine": machine(), "matmul_peaks": peaks}
+        write_json(args.json, {**payload, "rows": rows})
         return
     rows = []
     for edge in args.edges:
@@ -161,6 +238,7 @@ def main() -> None:
                 "channels": args.channels,
                 "repeats": args.repeats,
                 "compare": impl == "ours (SDPA)" and naive_gib <= args.naive_limit_gib / 3,
+                "peaks": peaks,
             }
             try:
                 result = run_case_in_subprocess(__file__, case)
@@ -189,10 +267,13 @@ def main() -> None:
             "memory_ratio_vs_naive",
             "time_ratio_vs_naive",
             "max_abs_diff_vs_naive",
+            "gflop",
+            "gflop_per_s",
             "skipped",
         ],
     )
-    write_json(args.json, {"benchmark": "position_attention", "machine": machine(), "rows": rows})
+    payload = {"benchmark": "position_attention", "machine": machine(), "matmul_peaks": peaks, "rows": rows}
+    write_json(args.json, payload)
 
 
 if __name__ == "__main__":
