@@ -24,7 +24,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, measure, print_table, run_case_in_subprocess, write_json
+from common import (
+    add_throughput,
+    machine,
+    matmul_peaks,
+    measure,
+    network_gflop,
+    print_table,
+    run_case_in_subprocess,
+    write_json,
+)
 from network_step import build
 
 SIZE = 96
@@ -70,7 +79,15 @@ def run_allocator_case(case: dict) -> dict:
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         result = measure(step, repeats=case["repeats"], warmup=1)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return {**result, "faults_per_forward": faults / (case["repeats"] + 1)}
+    result["faults_per_forward"] = faults / (case["repeats"] + 1)
+    return add_throughput(result, step_gflop(case["net"], case["mode"]), case.get("peaks"))
+
+
+def step_gflop(net: str, mode: str) -> float:
+    """GFLOP of one step of ``net`` at 96^3 (forward, or forward + backward for ``train``), counted on a fresh fp32
+    copy: the count does not depend on dtype or layout."""
+    network = build(net, 3).train(mode == "train")
+    return network_gflop(network, torch.randn(1, 1, SIZE, SIZE, SIZE), train=mode == "train")
 
 
 def run_compile_case(case: dict) -> dict:
@@ -88,7 +105,10 @@ def run_compile_case(case: dict) -> dict:
         inferer(x, compiled)
         compile_s = time.perf_counter() - start
         compiled_s = measure(lambda: inferer(x, compiled), repeats=case["repeats"], warmup=1)["median_s"]
-    return {"eager_s": eager, "compile_s": compile_s, "compiled_s": compiled_s, "speedup": eager / compiled_s}
+    row = {"eager_s": eager, "compile_s": compile_s, "compiled_s": compiled_s, "speedup": eager / compiled_s}
+    add_throughput(row, step_gflop("ours AttentionUNet", "infer"), case.get("peaks"), seconds=eager)
+    row["compiled_gflop_per_s"] = row["gflop"] / compiled_s
+    return row
 
 
 def profile(net: str) -> None:
@@ -122,10 +142,12 @@ def main() -> None:
     if args.what == "profile":
         profile(args.net)
         return
+    peaks = matmul_peaks()
     if args.what == "compile":
-        row = {"net": "ours AttentionUNet", **run_case_in_subprocess(__file__, {"kind": "compile", "repeats": 5})}
-        rows = [row]
-        print_table(rows, ["net", "eager_s", "compile_s", "compiled_s", "speedup"])
+        case = {"kind": "compile", "repeats": 5, "peaks": peaks}
+        rows = [{"net": "ours AttentionUNet", **run_case_in_subprocess(__file__, case)}]
+        columns = ["net", "eager_s", "compile_s", "compiled_s", "speedup", "gflop", "gflop_per_s"]
+        print_table(rows, columns + ["compiled_gflop_per_s"])
     else:
         rows = []
         for mode in ("infer", "train"):
@@ -133,11 +155,14 @@ def main() -> None:
                 for tuned in (False, True):
                     repeats = args.repeats if mode == "infer" else max(2, args.repeats // 2)
                     case = {"kind": "allocator", "net": net, "mode": mode, "tuned": tuned, "repeats": repeats}
+                    case["peaks"] = peaks
                     rows.append({"mode": mode, "net": net, "allocator": "tuned" if tuned else "default"})
                     rows[-1].update(run_case_in_subprocess(__file__, case))
                 rows[-1]["speedup_vs_default"] = rows[-2]["median_s"] / rows[-1]["median_s"]
-        print_table(rows, ["mode", "net", "allocator", "median_s", "faults_per_forward", "speedup_vs_default"])
-    write_json(args.json, {"benchmark": f"forward_{args.what}", "machine": machine(), "rows": rows})
+        columns = ["mode", "net", "allocator", "median_s", "faults_per_forward", "speedup_vs_default"]
+        print_table(rows, columns + ["gflop", "gflop_per_s"])
+    payload = {"benchmark": f"forward_{args.what}", "machine": machine(), "matmul_peaks": peaks}
+    write_json(args.json, {**payload, "rows": rows})
 
 
 if __name__ == "__main__":
