@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,8 @@ def load_volume(
         reader = RowMajorNibabelReader(scaled_dtype=dtype if _is_float32(dtype) else None)
     # a NIfTI goes to nibabel only: were MONAI to fall back to ITK after nibabel failed, a truncated .nii.gz would
     # load as partly garbage instead of being refused
-    return _read(LoadImage(image_only=image_only, dtype=dtype), path, path, reader)
+    loader = LoadImage(image_only=image_only, dtype=dtype)
+    return _read(loader if reader is None else partial(loader, reader=reader), path, path)
 
 
 def _is_float32(dtype: Any) -> bool:
@@ -253,11 +254,11 @@ def load_channels(paths: Sequence[str | Path], series_uid: str | None = None, dt
     return MetaTensor(stacked, meta=meta)
 
 
-def _read(loader: LoadImage, source: Path, shown: Path, reader: Any = None) -> Any:
-    """Run ``loader`` on ``source`` (with ``reader`` alone when given, else MONAI's choice among its readers); any
-    reader failure becomes an ``InputError`` naming ``shown``."""
+def _read(loader: Callable[[str], Any], source: Path, shown: Path) -> Any:
+    """Run ``loader`` (a ``LoadImage``, or one bound to a single reader) on ``source``; any reader failure becomes an
+    ``InputError`` naming ``shown``."""
     try:
-        return loader(str(source), reader=reader)
+        return loader(str(source))
     except Exception as err:  # readers raise many types; the user needs the file and the reason
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise InputError(shown, f"cannot be read as an image ({reason[:300]})") from err
