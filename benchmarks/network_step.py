@@ -143,8 +143,9 @@ def monai_like(network: torch.nn.Module) -> torch.nn.Module:
     """MONAI's AttentionUnet at the widths, strides and classes of our AttentionUNet ``network``."""
     from monai.networks.nets import AttentionUnet
 
-    widths = [level[-1].conv_1.conv.out_channels for level in network.encoder]
-    strides = [level[0].kernel_size for level in network.encoder[1:]]
+    encoder = list(network.encoder)
+    widths = [encoder[0].conv_1.conv.out_channels] + [level[1].conv_1.conv.out_channels for level in encoder[1:]]
+    strides = [level[0].kernel_size for level in encoder[1:]]
     return AttentionUnet(network.spatial_dims, network.in_channels, network.head.out_channels, widths, strides)
 
 
@@ -282,6 +283,9 @@ def main() -> None:
         default=["bundle", "96"],
         help="--paired training patches: 'bundle' (each bundle's own patch and batch) and/or cubic edges",
     )
+    parser.add_argument(
+        "--threads", type=int, help="--paired: torch threads (1 is steadier than 2 on a machine other jobs load)"
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,6 +293,8 @@ def main() -> None:
         print(json.dumps(run_case(json.loads(args.case))))
         return
     size = args.size or (96 if args.dims == 3 else 512)
+    if args.paired and args.threads:
+        torch.set_num_threads(args.threads)
     peaks = matmul_peaks()
     print(f"matmul peaks: fp32 {peaks['fp32_gflop_per_s']:.0f} GFLOP/s, bf16 {peaks['bf16_gflop_per_s']:.0f} GFLOP/s")
     if args.paired:
