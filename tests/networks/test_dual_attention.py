@@ -139,3 +139,22 @@ def test_training_product_equals_softmax_reference_in_fp32():
     assert (out - reference).abs().max() < 1e-4
     for a, b in zip(grads, expected, strict=True):
         assert (a - b).abs().max() < 1e-4 * max(1.0, float(b.abs().max()))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_gradients_equal_naive_reference_on_one_and_several_threads(threads):
+    """One thread takes PyTorch's fused backward, several the blockwise one: both give the naive form's gradients."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        module = PositionAttention(3, in_channels=16)
+        with torch.no_grad():
+            module.gamma.fill_(0.5)
+        x = torch.randn(2, 16, 6, 6, 5, requires_grad=True)
+        grads = torch.autograd.grad(module(x).square().sum(), [x, *module.parameters()])
+        expected = torch.autograd.grad(naive_position_attention(module, x).square().sum(), [x, *module.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(grads, expected, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
