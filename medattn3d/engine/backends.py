@@ -214,9 +214,7 @@ class IRNetwork(nn.Module):
 
     The IR's spatial window is fixed at export (the bundle's ``roi_size``); sliding-window and slice inferers only
     ever pass that window. Args: ``path`` the ``.xml`` (its ``.bin`` beside it); ``precision`` the bundle's setting,
-    OpenVINO's precision hint for the layers left in floating point: ``"auto"`` keeps them in f32 (on the demo
-    validation set the bf16 hint on top of INT8 moved a weak class's Dice by 0.010, f32 by 0.004; the INT8
-    convolutions carry the speed either way), ``"bf16"`` asks for bf16; ``threads`` intra-op threads.
+    OpenVINO's precision hint for the layers left in floating point; ``threads`` intra-op threads.
     """
 
     def __init__(self, path: str | Path, precision: str = "auto", threads: int | None = None) -> None:
@@ -234,7 +232,7 @@ class IRNetwork(nn.Module):
         warn_if_stale(model, self.path)
         self.window = tuple(d.get_length() for d in list(model.inputs[0].get_partial_shape())[1:])
         self.precision, self.threads = precision, threads
-        self._compiled = _compile_for_cpu(model, int8_float_precision(precision), torch.device("cpu"), threads)
+        self._compiled = _compile_for_cpu(model, precision, torch.device("cpu"), threads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.window:
@@ -244,12 +242,6 @@ class IRNetwork(nn.Module):
             )
         out = self._compiled(np.ascontiguousarray(x.detach().float().cpu().numpy()))
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
-
-
-def int8_float_precision(precision: str) -> str:
-    """The precision of an INT8 model's layers left in floating point for the bundle's ``precision``: ``"auto"``
-    means fp32 there (accuracy; see :class:`IRNetwork`), an explicit setting is kept."""
-    return "fp32" if precision == "auto" else precision
 
 
 def warn_if_stale(model: Any, path: Path) -> None:

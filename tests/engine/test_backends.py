@@ -116,12 +116,3 @@ def test_an_empty_cache_setting_converts_in_memory(tmp_path, monkeypatch):
     with torch.no_grad():
         assert (_served(net, x) - net(x)).abs().max() < 1e-3
     assert not any(tmp_path.rglob("*.xml"))
-
-
-def test_int8_models_keep_their_float_layers_in_f32_unless_bf16_is_asked_for():
-    from medattn3d.engine.backends import int8_float_precision, openvino_precision_hint
-
-    cpu = torch.device("cpu")
-    assert openvino_precision_hint(int8_float_precision("auto"), cpu) == "f32"
-    assert openvino_precision_hint(int8_float_precision("fp32"), cpu) == "f32"
-    assert openvino_precision_hint(int8_float_precision("bf16"), cpu) == "bf16"
