@@ -179,15 +179,18 @@ def _save_ir(model: Any, xml: Path) -> Any:
 
     try:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=xml.parent.parent))
-        ov.save_model(model, str(staging / xml.name), compress_to_fp16=False)
-        try:
-            staging.rename(xml.parent)
-        except OSError:  # another run cached the same model first
-            shutil.rmtree(staging, ignore_errors=True)
-        return str(xml) if xml.is_file() else model
     except OSError as err:
         LOGGER.warning("could not cache the OpenVINO model in %s (%s); converting in memory", xml.parent.parent, err)
         return model
+    try:
+        ov.save_model(model, str(staging / xml.name), compress_to_fp16=False)
+        staging.rename(xml.parent)  # fails when another run cached the same model first: theirs is kept
+    except (OSError, RuntimeError) as err:  # OpenVINO reports a failed write (disk full) as RuntimeError
+        if not xml.is_file():
+            LOGGER.warning("could not cache the OpenVINO model in %s (%s); serving it from memory", xml.parent, err)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone after a successful rename; a partial write otherwise
+    return str(xml) if xml.is_file() else model
 
 
 def _compile_for_cpu(

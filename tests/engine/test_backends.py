@@ -1,5 +1,7 @@
 """Optional runtimes (OpenVINO, ONNX Runtime) give the PyTorch network's predictions."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
@@ -116,3 +118,20 @@ def test_an_empty_cache_setting_converts_in_memory(tmp_path, monkeypatch):
     with torch.no_grad():
         assert (_served(net, x) - net(x)).abs().max() < 1e-3
     assert not any(tmp_path.rglob("*.xml"))
+
+
+def test_a_failed_cache_write_serves_the_model_from_memory_and_leaves_nothing(tmp_path, monkeypatch):
+    openvino = pytest.importorskip("openvino")
+    monkeypatch.setenv("MEDATTN3D_CACHE_DIR", str(tmp_path))
+
+    def disk_full(model, path, *args, **kwargs):
+        Path(path).write_text("<half")
+        raise RuntimeError("No space left on device")
+
+    monkeypatch.setattr(openvino, "save_model", disk_full)
+    net = AttentionUNet(3, 1, 2, **TINY).eval()
+    x = torch.randn(1, 1, 16, 16, 8)
+    with torch.no_grad():
+        assert (_served(net, x) - net(x)).abs().max() < 1e-3
+    cache = tmp_path / "openvino"
+    assert not list(cache.glob(".staging-*")) and not list(cache.glob("*/model.*"))  # no half-written entry
