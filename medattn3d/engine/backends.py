@@ -115,14 +115,17 @@ class RuntimeNetwork(nn.Module):
 
 def _compile_openvino(network: nn.Module, example: torch.Tensor, precision: str, threads: int | None) -> Any:
     cache = openvino_cache_dir()
-    source: Any = None
     if cache is not None:
         xml = cache / network_fingerprint(network, example) / "model.xml"
-        source = str(xml) if xml.is_file() else None
-    if source is None:
-        LOGGER.info("converting the network for OpenVINO (once per set of weights and window)")
-        model = _convert_openvino(network, example)
-        source = model if cache is None else _save_ir(model, xml)
+        if xml.is_file() and xml.with_suffix(".bin").is_file():
+            try:
+                return _compile_for_cpu(str(xml), precision, example.device, threads, cache)
+            except RuntimeError as err:  # a damaged entry (truncated .bin, edited .xml): rebuild it
+                LOGGER.warning("the cached OpenVINO model %s is unreadable (%s); converting again", xml.parent, err)
+        shutil.rmtree(xml.parent, ignore_errors=True)  # an incomplete or damaged entry would block the new one
+    LOGGER.info("converting the network for OpenVINO (once per set of weights and window)")
+    model = _convert_openvino(network, example)
+    source = model if cache is None else _save_ir(model, xml)
     return _compile_for_cpu(source, precision, example.device, threads, cache)
 
 

@@ -1,5 +1,6 @@
 """Optional runtimes (OpenVINO, ONNX Runtime) give the PyTorch network's predictions."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,21 @@ def test_a_failed_cache_write_serves_the_model_from_memory_and_leaves_nothing(tm
         assert (_served(net, x) - net(x)).abs().max() < 1e-3
     cache = tmp_path / "openvino"
     assert not list(cache.glob(".staging-*")) and not list(cache.glob("*/model.*"))  # no half-written entry
+
+
+@pytest.mark.parametrize("damage", ["truncate the weights", "delete the weights"])
+def test_a_damaged_cache_entry_is_converted_again(tmp_path, monkeypatch, damage):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("MEDATTN3D_CACHE_DIR", str(tmp_path))
+    net = AttentionUNet(3, 1, 2, **TINY).eval()
+    x = torch.randn(1, 1, 16, 16, 8)
+    _served(net, x)
+    (weights,) = (tmp_path / "openvino").glob("*/model.bin")
+    shutil.rmtree(tmp_path / "openvino" / "compiled", ignore_errors=True)  # OpenVINO's own compiled-model cache
+    if damage == "delete the weights":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:100])
+    with torch.no_grad():
+        assert (_served(net, x) - net(x)).abs().max() < 1e-3
+    assert weights.stat().st_size > 100  # the entry was written again, whole
