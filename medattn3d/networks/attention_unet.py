@@ -11,7 +11,14 @@ from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 
 from medattn3d.networks.blocks import DoubleConv, IdentityGate, MultiHeadGridAttention
-from medattn3d.networks.utils import check_input, init_weights, linear_mode, resize_to, stride_products
+from medattn3d.networks.utils import (
+    cat_channels,
+    check_input,
+    init_weights,
+    linear_mode,
+    resize_to,
+    stride_products,
+)
 
 
 class UpLevel(nn.Module):
@@ -26,7 +33,7 @@ class UpLevel(nn.Module):
 
     def forward(self, skip: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         upsampled = resize_to(self.project(coarse), list(skip.shape[2:]), self.mode)
-        return self.conv(torch.cat([skip, upsampled], dim=1))
+        return self.conv(cat_channels([skip, upsampled]))
 
 
 class GatedUpLevel(nn.Module):

@@ -21,6 +21,51 @@ def resize_to(x: torch.Tensor, size: list[int], mode: str) -> torch.Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
+def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors, dim=1)`` whose backward hands each input a gradient in its own dtype and in the memory
+    layout of the incoming gradient (channels-last stays channels-last).
+
+    Plain ``cat``'s backward returns channel slices of the output gradient: strided views that are contiguous in no
+    layout. BatchNorm's and trilinear upsampling's CPU backward kernels take a slow path on such a view (measured
+    10-30x slower than on a contiguous gradient at 1M-4M elements, bf16, channels-last), and every skip and gate
+    output of a U-Net goes through a ``cat``. One copy per input makes them contiguous again. Outside autograd (no
+    grad, TorchScript, tracing) this is ``torch.cat``.
+    """
+    if torch.jit.is_scripting():
+        return torch.cat(tensors, dim=1)
+    return _cat_eager(tensors)
+
+
+@torch.jit.unused
+def _cat_eager(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if torch.jit.is_tracing() or not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+        return torch.cat(tensors, dim=1)
+    return _ChannelCat.apply(*tensors)
+
+
+_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+class _ChannelCat(torch.autograd.Function):
+    """Concatenation along channels with contiguous input gradients (see :func:`cat_channels`)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, *tensors: torch.Tensor) -> torch.Tensor:
+        ctx.sizes = [t.shape[1] for t in tensors]
+        ctx.dtypes = [t.dtype for t in tensors]
+        return torch.cat(tensors, dim=1)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        layout = _LAST.get(grad.dim(), torch.contiguous_format)
+        if not grad.is_contiguous(memory_format=layout):
+            layout = torch.contiguous_format
+        return tuple(
+            part.to(dtype).contiguous(memory_format=layout)  # .to(memory_format=) keeps a channels-last-like view
+            for part, dtype in zip(grad.split(ctx.sizes, dim=1), ctx.dtypes, strict=True)
+        )
+
+
 def check_input(x: torch.Tensor, network: str, in_channels: int, spatial_dims: int, multiples: list[int]) -> None:
     """Raise ``ValueError`` naming the axis and the multiple needed when ``x`` cannot go through ``network``.
 

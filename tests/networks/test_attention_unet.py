@@ -1,10 +1,14 @@
 """AttentionUNet: shapes, train/eval outputs, gradients, TorchScript, errors, attention maps."""
 
+import copy
+
 import pytest
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 
-from medattn3d.networks import AttentionUNet
+from medattn3d.networks import AttentionUNet, attention_unet
+from medattn3d.networks.blocks import attention_gate
+from medattn3d.networks.utils import cat_channels
 
 SMALL = {"channels": (4, 8, 16, 32), "strides": (2, 2, 2)}
 
@@ -191,3 +195,52 @@ def test_without_gates_every_parameter_trains_and_no_maps_are_returned():
         logits, maps = scripted.forward_with_attention(x)
         assert torch.allclose(logits, net(x), atol=1e-6)
     assert maps == [] and net.attention_map_names() == scripted.attention_map_names() == []
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channel_cat_gives_torch_cat_gradients_contiguous_in_the_incoming_layout(spatial_dims):
+    layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    size = (2, 3, *([6] * spatial_dims))
+    a = torch.randn(size).contiguous(memory_format=layout).requires_grad_()
+    b = torch.randn(size[:1] + (5,) + size[2:]).contiguous(memory_format=layout).requires_grad_()
+    upstream = torch.randn(size[:1] + (8,) + size[2:]).contiguous(memory_format=layout)
+    reference = torch.autograd.grad(torch.cat([a, b], dim=1), [a, b], upstream)
+    assert not reference[0].is_contiguous(memory_format=layout)  # what plain cat hands back: a strided slice
+    out = cat_channels([a, b])
+    assert torch.equal(out, torch.cat([a, b], dim=1))
+    grads = torch.autograd.grad(out, [a, b], upstream)
+    assert all(torch.equal(g, r) for g, r in zip(grads, reference, strict=True))
+    assert all(g.is_contiguous(memory_format=layout) for g in grads)
+
+
+def test_channel_cat_of_mixed_dtypes_promotes_like_cat_and_returns_each_input_its_own_gradient_dtype():
+    a = torch.randn(2, 3, 4, 4, 4, dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(2, 2, 4, 4, 4, requires_grad=True)
+    out = cat_channels([a, b])
+    assert out.dtype == torch.float32 and torch.equal(out, torch.cat([a, b], dim=1))
+    out.square().sum().backward()
+    assert a.grad.dtype == torch.bfloat16 and b.grad.dtype == torch.float32
+    assert torch.equal(b.grad, 2 * b.detach()) and torch.equal(a.grad, (2 * a.detach().float()).bfloat16())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_training_step_equals_the_one_with_plain_cat(monkeypatch, autocast):
+    """The fast concatenation changes the gradients' memory layout only: same outputs, same gradients."""
+    torch.manual_seed(0)
+    net = AttentionUNet(3, 1, 3, **SMALL, deep_supervision=True).to(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 1, 16, 16, 8).contiguous(memory_format=torch.channels_last_3d)
+
+    def step(model):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            outputs = model.train()(x)
+        sum(o.float().square().mean() for o in outputs).backward()
+        return [o.detach().float() for o in outputs], [p.grad for p in model.parameters()]
+
+    fast_out, fast_grads = step(copy.deepcopy(net))
+    monkeypatch.setattr(attention_unet, "cat_channels", lambda ts: torch.cat(ts, dim=1))
+    monkeypatch.setattr(attention_gate, "cat_channels", lambda ts: torch.cat(ts, dim=1))
+    plain_out, plain_grads = step(copy.deepcopy(net))
+    assert all(torch.equal(a, b) for a, b in zip(fast_out, plain_out, strict=True))
+    scale = max(float(g.abs().max()) for g in plain_grads)
+    tolerance = 2e-2 if autocast else 1e-5  # bf16: only the summation order of the backward differs
+    assert all(float((a - b).abs().max()) <= tolerance * scale for a, b in zip(fast_grads, plain_grads, strict=True))

@@ -11,7 +11,7 @@ from monai.networks.layers.factories import Conv
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from medattn3d.networks.utils import linear_mode
+from medattn3d.networks.utils import cat_channels, linear_mode
 
 
 class GridAttentionGate(nn.Module):
@@ -105,7 +105,7 @@ class MultiHeadGridAttention(nn.Module):
             y, alpha = gate(x, g)
             outputs.append(y)
             alphas.append(alpha)
-        merged = self.combine(torch.cat(outputs, dim=1) if self.heads > 1 else outputs[0])
+        merged = self.combine(cat_channels(outputs) if self.heads > 1 else outputs[0])
         return merged, torch.cat(alphas, dim=1)
 
 
