@@ -154,3 +154,22 @@ def test_a_damaged_cache_entry_is_converted_again(tmp_path, monkeypatch, damage)
     with torch.no_grad():
         assert (_served(net, x) - net(x)).abs().max() < 1e-3
     assert weights.stat().st_size > 100  # the entry was written again, whole
+
+
+def test_a_batch_runs_on_parallel_streams_and_gives_each_input_its_own_result():
+    pytest.importorskip("openvino")
+    from medattn3d.engine.backends import OpenVINOServer
+
+    net = AttentionUNet(3, 1, 2, **TINY).eval()
+    x = torch.randn(3, 1, 16, 16, 8)  # an odd batch: the last stream gets one input
+    served = RuntimeNetwork(net, "openvino", precision="fp32")
+    with torch.no_grad():
+        batch = served(x)
+        one_by_one = torch.cat([served(x[i : i + 1]) for i in range(3)])
+        expected = net(x)
+    server = served._compiled
+    assert isinstance(server, OpenVINOServer)
+    if server._parallel_requests() < 2:
+        pytest.skip("OpenVINO picks a single stream on this machine")
+    assert (batch - one_by_one).abs().max() < 1e-4
+    assert (batch - expected).abs().max() < 1e-3
