@@ -145,7 +145,7 @@ def infer(
     status: 0 when every case was written or skipped, 1 when any failed. Under ``torchrun`` each process takes its
     share of the cases (rank and world size as ``part_id``/``num_parts``)."""
     from medattn3d.bundles import quiet_monai, resolve_bundle
-    from medattn3d.data.inputs import discover_inputs
+    from medattn3d.data.inputs import discover_inputs, group_channel_files
     from medattn3d.engine.runner import BundleModel, InferenceRun, distributed_part, gather_summaries
     from medattn3d.outputs.naming import check_formats
 
@@ -162,6 +162,7 @@ def infer(
         num_parts, part_id = distributed
         overrides = _join_process_group(overrides)
     model = BundleModel.from_bundle(bundle, weights, overrides)
+    paths, channel_files = group_channel_files(paths, model.in_channels)  # case_0000.nii.gz, case_0001.nii.gz, ...
     prefix = f"[rank {part_id}] " if distributed else ""
     run = InferenceRun(
         model,
@@ -172,6 +173,7 @@ def infer(
         fail_fast=fail_fast,
         series_uid=series_uid,
         print_line=(lambda line: print(prefix + line, flush=True)) if verbosity >= NORMAL else None,
+        channel_files=channel_files,
     )
     summary = gather_summaries(run.run(paths, num_parts, part_id))
     if distributed:

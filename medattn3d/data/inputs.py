@@ -6,6 +6,7 @@ reading voxels (those are read once, when the case runs, and checked there by :c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from medattn3d.data.loading import VOLUME_SUFFIXES
 from medattn3d.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# nnU-Net's naming of one file per channel: <case>_0000.nii.gz, <case>_0001.nii.gz, ...
+_SUFFIX_PATTERN = "|".join(map(re.escape, VOLUME_SUFFIXES))
+CHANNEL_FILE = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}})(?P<suffix>{_SUFFIX_PATTERN})$", re.IGNORECASE)
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -45,6 +49,74 @@ def discover_inputs(path: str | Path) -> list[Path]:
     if not volumes and not series:
         raise InputError(path, "holds no volumes (NIfTI, NRRD, MHA, DICOM files or DICOM series folders)")
     return volumes + series
+
+
+def group_channel_files(paths: Sequence[Path], channels: int) -> tuple[list[Path], dict[Path, list[Path]]]:
+    """Cases stored one file per channel in nnU-Net's naming (``case_0000.nii.gz``, ``case_0001.nii.gz``, ...), for a
+    bundle with ``channels`` > 1 input channels: returns the inputs with each such case once, by its first channel
+    file, and for each of those keys its channel files in channel order (all ``<case>_NNNN`` files beside it, whether
+    or not they were among ``paths``). A file without siblings, or any input for a one-channel bundle, stays as it
+    is (a 4D file holds its channels itself). :func:`check_case` refuses an incomplete set."""
+    if channels <= 1:
+        return list(paths), {}
+    inputs: list[Path] = []
+    groups: dict[Path, list[Path]] = {}
+    grouped: set[Path] = set()
+    for path in paths:
+        match = CHANNEL_FILE.match(path.name) if path.is_file() else None
+        if path in grouped:
+            continue
+        if match is None:
+            inputs.append(path)
+            continue
+        siblings = sorted(
+            (p for p in path.parent.iterdir() if _same_case(p, match["case"], match["suffix"])),
+            key=lambda p: int(CHANNEL_FILE.match(p.name)["channel"]),
+        )
+        if len(siblings) < 2:
+            inputs.append(path)
+            continue
+        inputs.append(siblings[0])
+        groups[siblings[0]] = siblings
+        grouped.update(siblings)
+    return inputs, groups
+
+
+def _same_case(path: Path, case: str, suffix: str) -> bool:
+    match = CHANNEL_FILE.match(path.name)
+    return match is not None and match["case"] == case and match["suffix"] == suffix and path.is_file()
+
+
+def check_case(
+    files: Sequence[Path], channels: int, formats: Sequence[str] = ("nifti",), series_uid: str | None = None
+) -> None:
+    """:func:`check_header` for one case: a single input, or one file per channel (``files`` from
+    :func:`group_channel_files`), which must be ``_0000`` up to the bundle's channel count, each one 3D volume of
+    the first's shape (the grids are compared when the voxels are read)."""
+    if len(files) == 1:
+        check_header(files[0], channels, formats, series_uid)
+        return
+    numbers = [CHANNEL_FILE.match(f.name)["channel"] for f in files]
+    wanted = [f"{i:04d}" for i in range(channels)]
+    if numbers != wanted:
+        raise InputError(
+            files[0],
+            f"has channel files _{', _'.join(numbers)} where the bundle needs {channels}: "
+            f"_{wanted[0]} to _{wanted[-1]}",
+        )
+    if "dicom-seg" in formats:
+        raise InputError(files[0], "--format dicom-seg needs a DICOM input (a series folder); this is not DICOM")
+    first = _checked_shape(files[0])
+    for path in files[1:]:
+        shape = _checked_shape(path)
+        if shape != first:
+            raise InputError(path, f"channel shape {shape} differs from the first channel's {first} ({files[0]})")
+
+
+def _checked_shape(path: Path) -> tuple[int, ...]:
+    """A channel file's shape after :func:`check_header` accepted it as one 3D volume."""
+    check_header(path, 1)
+    return _header_shape(path)[:3]
 
 
 def _header_shape(path: Path) -> tuple[int, ...]:

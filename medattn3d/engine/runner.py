@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from medattn3d.bundles import bundle_config  # re-exported: the run's config reader lives with the bundles
-from medattn3d.data.inputs import check_header
+from medattn3d.data.inputs import CHANNEL_FILE, check_case
 from medattn3d.errors import InputError
 
 # --- splitting the cases -------------------------------------------------------------------------------------------
@@ -115,10 +115,12 @@ class BundleModel:
             },
         )
 
-    def predict(self, path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Read and preprocess one input (one read; the voxel checks run on that load), run the network; returns
-        the logits (channel first, network space, on the CPU) and the preprocessed data the writers invert."""
-        data = self.preprocessing({"image": str(path)})
+    def predict(self, path: Path | Sequence[Path]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Read and preprocess one input (a volume, or one file per channel; one read, the voxel checks run on that
+        load), run the network; returns the logits (channel first, network space, on the CPU) and the preprocessed
+        data the writers invert."""
+        image_entry = str(path) if isinstance(path, (str, Path)) else [str(p) for p in path]
+        data = self.preprocessing({"image": image_entry})
         image = data["image"]
         with torch.inference_mode():
             logits = self.inferer(image[None].to(self.device), self.network)[0]
@@ -179,6 +181,8 @@ class InferenceRun:
         fail_fast: stop at the first failing case.
         series_uid: the DICOM series to read from a folder holding several.
         print_line: where progress lines go (``None``: nowhere).
+        channel_files: cases stored one file per channel (:func:`medattn3d.data.inputs.group_channel_files`): the
+            input that stands for the case (its first channel file) -> its channel files in order.
     """
 
     model: BundleModel
@@ -189,6 +193,26 @@ class InferenceRun:
     fail_fast: bool = False
     series_uid: str | None = None
     print_line: Callable[[str], None] | None = print
+    channel_files: dict[Path, list[Path]] = field(default_factory=dict)
+
+    def _files(self, path: Path) -> list[Path]:
+        return self.channel_files.get(path, [path])
+
+    def _label(self, path: Path) -> str:
+        files = self._files(path)
+        return path.name if len(files) == 1 else f"{path.name} (+{len(files) - 1} channel files)"
+
+    def _output_names(self, inputs: Sequence[Path]) -> dict[Path, str]:
+        """Output names; a case stored one file per channel is named after its case (``case_0000.nii.gz`` and its
+        siblings -> ``case``), as nnU-Net names it."""
+        from medattn3d.outputs import output_names
+
+        stand_ins = {}
+        for path in inputs:
+            match = CHANNEL_FILE.match(path.name) if len(self._files(path)) > 1 else None
+            stand_ins[path] = path.with_name(match["case"] + match["suffix"]) if match else path
+        names = output_names(stand_ins.values())
+        return {Path(path).absolute(): names[Path(stand_in).absolute()] for path, stand_in in stand_ins.items()}
 
     def _say(self, line: str) -> None:
         if self.print_line is not None:
@@ -196,9 +220,9 @@ class InferenceRun:
 
     def run(self, inputs: Sequence[Path], num_parts: int = 1, part_id: int = 0) -> RunSummary:
         """Check this share's inputs (headers), then predict and write each good one; returns the summary."""
-        from medattn3d.outputs import expected_outputs, output_names
+        from medattn3d.outputs import expected_outputs
 
-        names = output_names(inputs)
+        names = self._output_names(inputs)
         share = select_part(list(inputs), num_parts, part_id)
         summary = RunSummary()
         todo: list[Path] = []
@@ -210,7 +234,7 @@ class InferenceRun:
                 summary.skipped.append(str(path))
                 continue
             try:
-                check_header(path, self.model.in_channels, self.formats, self.series_uid)
+                check_case(self._files(path), self.model.in_channels, self.formats, self.series_uid)
             except InputError as err:
                 summary.failed[str(path)] = str(err)
                 continue
@@ -229,7 +253,7 @@ class InferenceRun:
                 files = self._case(path, name)
             except Exception as err:
                 summary.failed[str(path)] = _reason(err)
-                self._say(f"[{index}/{len(todo)}] {path.name}: FAILED {summary.failed[str(path)]}")
+                self._say(f"[{index}/{len(todo)}] {self._label(path)}: FAILED {summary.failed[str(path)]}")
                 if self.fail_fast:
                     break
                 continue
@@ -237,7 +261,7 @@ class InferenceRun:
             elapsed = time.perf_counter() - start
             eta = elapsed / index * (len(todo) - index)
             self._say(
-                f"[{index}/{len(todo)}] {path.name} -> {Path(files[0]).name} "
+                f"[{index}/{len(todo)}] {self._label(path)} -> {Path(files[0]).name} "
                 f"{time.perf_counter() - case_start:.1f} s (ETA {_clock(eta)})"
             )
         return summary
@@ -245,7 +269,8 @@ class InferenceRun:
     def _case(self, path: Path, name: str) -> list[Path]:
         from medattn3d.outputs.prediction import write_case
 
-        logits, data = self.model.predict(path)
+        files = self._files(path)
+        logits, data = self.model.predict(files[0] if len(files) == 1 else files)
         return write_case(
             logits,
             data,

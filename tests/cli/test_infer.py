@@ -187,3 +187,37 @@ def test_no_warning_about_the_optional_gpu_dicom_decoder(tmp_path, tiny_bundle, 
         caplog.clear()
         assert _infer(tiny_bundle, image, tmp_path / f"o{len(flags)}", *flags) == 0
         assert not [r for r in caplog.records if "nvImageCodec" in r.getMessage()]
+
+
+def test_one_file_per_channel_cases_are_grouped_as_nnunet_names_them(tmp_path, tmp_path_factory, capsys):
+    from tests.cli.conftest import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "two_channels", in_channels=2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case, seed in (("p1", 0), ("p2", 5)):
+        for channel in range(2):
+            ct(inputs / f"{case}_000{channel}.nii.gz", seed=seed + channel)
+    ct(inputs / "p3_0000.nii.gz")  # one channel file of two: a plain 3D input, refused for its channel count
+    ct(inputs / "p4_0000.nii.gz")
+    ct(inputs / "p4_0002.nii.gz")  # _0001 missing
+    out = tmp_path / "out"
+    assert _infer(bundle, inputs, out) == 1
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["p1_seg.nii.gz", "p2_seg.nii.gz"]
+    assert "summary: 2 written, 0 skipped, 2 failed" in captured.out
+    assert "p3_0000.nii.gz: has 1 channel" in captured.err
+    assert "p4_0000.nii.gz: has channel files _0000, _0002 where the bundle needs 2: _0000 to _0001" in captured.err
+    assert "p1_0000.nii.gz (+1 channel files) -> p1_seg.nii.gz" in captured.out
+    # the same case as one 4D file (channels last, as NIfTI stores them) gives the same segmentation
+    first, second = (nib.load(str(inputs / f"p1_000{c}.nii.gz")) for c in range(2))
+    stacked = np.stack([np.asarray(first.dataobj), np.asarray(second.dataobj)], axis=-1)
+    save_nifti(stacked, first.affine, tmp_path / "p1_4d.nii.gz")
+    assert _infer(bundle, tmp_path / "p1_4d.nii.gz", tmp_path / "out4d") == 0
+    grouped = np.asarray(nib.load(str(out / "p1_seg.nii.gz")).dataobj)
+    four_d = nib.load(str(tmp_path / "out4d" / "p1_4d_seg.nii.gz"))
+    assert np.array_equal(grouped, np.asarray(four_d.dataobj)) and np.allclose(four_d.affine, first.affine, atol=1e-4)
+    # one channel file given alone brings its siblings
+    assert _infer(bundle, inputs / "p2_0001.nii.gz", tmp_path / "single") == 0
+    single = np.asarray(nib.load(str(tmp_path / "single" / "p2_seg.nii.gz")).dataobj)
+    assert np.array_equal(single, np.asarray(nib.load(str(out / "p2_seg.nii.gz")).dataobj))
