@@ -1,5 +1,7 @@
 """MultiScaleGuidedAttentionNet: shapes, training outputs, gradients, TorchScript, pretrained weights, errors."""
 
+import copy
+
 import pytest
 import torch
 
@@ -249,3 +251,36 @@ def test_eval_runs_the_shared_encoder_decoder_once_on_all_scales_with_the_same_r
             assert torch.equal(inputs[s], stacked)
             assert torch.allclose(latents[s], latent, atol=1e-5) and torch.allclose(recons[s], recon, atol=1e-5)
             assert torch.allclose(attended[s], step.modules_per_scale[s](stacked, recon), atol=1e-5)
+
+
+def _plain_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy whose convolutions are PyTorch's own classes again (no kernel trimming)."""
+    plain = copy.deepcopy(module)
+    for m in plain.modules():
+        for cls in (torch.nn.Conv2d, torch.nn.Conv3d):
+            if isinstance(m, cls):
+                m.__class__ = cls
+    return plain
+
+
+@pytest.mark.parametrize(("spatial_dims", "size"), [(3, (64, 64, 32)), (2, (64, 32))])
+def test_encoder_trimmed_kernels_on_single_voxel_axes_match_plain_convolutions(spatial_dims, size):
+    """The deepest stage is 2 x 2 x 1 (3D) / 2 x 1 (2D): its 3^d convolutions skip the taps that only meet padding,
+    with the plain convolutions' values and gradients, the same state-dict keys, and TorchScript unaffected."""
+    torch.manual_seed(0)
+    encoder = ResNetEncoder(spatial_dims, 1, "resnet18", (8, 8, 16, 16)).train()
+    plain = _plain_copy(encoder)
+    x = torch.randn(2, 1, *size)
+    ours, theirs = encoder(x), plain(x)
+    assert ours[-1].shape[-1] == 1 and encoder.resnet.layer4[1].conv1._trimmable_axes(ours[-1]) == [spatial_dims - 1]
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in ours).backward()
+    sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in theirs).backward()
+    for (name, p), q in zip(encoder.named_parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name
+    assert list(encoder.state_dict()) == list(plain.state_dict())
+    with torch.no_grad():
+        scripted = torch.jit.script(encoder.eval())
+        for a, b in zip(scripted(x), plain.eval()(x), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)

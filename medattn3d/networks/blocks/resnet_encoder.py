@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck, get_inplanes, resnet_params
@@ -157,6 +158,7 @@ class ResNetEncoder(nn.Module):
             norm=norm,
         )
         _script_friendly_shortcuts(self.resnet, spatial_dims)
+        _trim_kernels_on_single_voxel_axes(self.resnet)
         if isinstance(block, str):
             block = ResNetBottleneck if block == "bottleneck" else ResNetBlock
         self.out_channels = [w * block.expansion for w in block_widths]
@@ -170,6 +172,67 @@ class ResNetEncoder(nn.Module):
         f2 = r.layer2(f1)
         f3 = r.layer3(f2)
         return [f1, f2, f3, r.layer4(f3)]
+
+
+class _TrimmingConvMixin:
+    """Convolution that skips the kernel taps which can only meet zero padding.
+
+    On a spatial axis where the input has a single voxel, a convolution with an odd kernel ``k``, dilation 1 and
+    "same" zero padding ``(k - 1) / 2`` has one output along that axis, and only the kernel's centre tap on that
+    axis meets data: every other tap multiplies padding. Dropping those taps (and the padding) computes the same
+    values with ``1/k`` of the weights: ResNet-18's last stage on the bundle's 64 x 64 x 32 patch is 2 x 2 x 1, where
+    the 512 x 512 x 3^3 convolutions are bound by moving their weights, not by arithmetic (measured 4-5x faster per
+    convolution forward + backward, one or two threads). The trimmed call runs in channels-first layout: oneDNN
+    reorders a channels-last weight of that size on every call (most of the untrimmed cost). Parameters and
+    state-dict keys are the plain convolution's; TorchScript, tracing and ONNX export take the plain path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._eager_forward(x)
+
+    @torch.jit.unused
+    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        axes = [] if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() else self._trimmable_axes(x)
+        if not axes:
+            return self._conv_forward(x, self.weight, self.bias)
+        weight, padding = self.weight, list(self.padding)
+        for axis in axes:
+            weight = weight.narrow(axis + 2, padding[axis], 1)
+            padding[axis] = 0
+        conv = F.conv3d if x.dim() == 5 else F.conv2d
+        return conv(x.contiguous(), weight.contiguous(), self.bias, self.stride, padding, self.dilation, self.groups)
+
+    @torch.jit.unused
+    def _trimmable_axes(self, x: torch.Tensor) -> list[int]:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str) or x.dim() != len(self.kernel_size) + 2:
+            return []
+        return [
+            axis
+            for axis, k in enumerate(self.kernel_size)
+            if x.shape[axis + 2] == 1
+            and k > 1
+            and k % 2 == 1
+            and self.dilation[axis] == 1
+            and self.padding[axis] == (k - 1) // 2
+        ]
+
+
+class _TrimmingConv2d(_TrimmingConvMixin, nn.Conv2d):
+    """:class:`nn.Conv2d` skipping taps that meet only padding (:class:`_TrimmingConvMixin`)."""
+
+
+class _TrimmingConv3d(_TrimmingConvMixin, nn.Conv3d):
+    """:class:`nn.Conv3d` skipping taps that meet only padding (:class:`_TrimmingConvMixin`)."""
+
+
+def _trim_kernels_on_single_voxel_axes(resnet: nn.Module) -> None:
+    """Make every plain 2D/3D convolution of ``resnet`` a trimming one (same parameters, same function)."""
+    trimming = {nn.Conv2d: _TrimmingConv2d, nn.Conv3d: _TrimmingConv3d}
+    for module in resnet.modules():
+        if type(module) in trimming:
+            module.__class__ = trimming[type(module)]
 
 
 def _script_friendly_shortcuts(resnet: ResNet, spatial_dims: int) -> None:
