@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -187,15 +188,20 @@ class MultiScaleGuidedAttentionNet(nn.Module):
         if not self.training:
             return self._final_logits(attended, size)
         last = attended[len(attended) - self.num_scales :]
-        scale_logits: list[torch.Tensor] = []
+        low: list[torch.Tensor] = []
         for i, head in enumerate(self.initial_heads):
-            scale_logits.append(resize_to(head(scale_features[i]), size, self.mode))
-        final: list[torch.Tensor] = []
+            low.append(head(scale_features[i]))
         for i, head in enumerate(self.final_heads):
-            final.append(resize_to(head(last[i]), size, self.mode))
+            low.append(head(last[i]))
+        # the fused prediction: the mean of the last step's, taken before upsampling (interpolation is linear)
+        low.append(torch.stack(low[self.num_scales :], dim=0).float().mean(dim=0))
+        if torch.jit.is_scripting():
+            full = [resize_to(t, size, self.mode) for t in low]
+        else:
+            full = _upsample_stacked(low, size)
         return {
-            "logits": [torch.stack(final, dim=0).mean(dim=0)],
-            "scale_logits": scale_logits + final,
+            "logits": [full[len(full) - 1]],
+            "scale_logits": full[: len(full) - 1],
             "latents": latents,
             "reconstruction_inputs": inputs,
             "reconstructions": reconstructions,
@@ -213,3 +219,49 @@ class MultiScaleGuidedAttentionNet(nn.Module):
             high = flat.amax(dim=1).view([-1] + [1] * (magnitude.dim() - 1))
             maps.append((magnitude - low) / (high - low).clamp_min(1e-12))
         return self._final_logits(attended, list(x.shape[2:])), maps
+
+
+@torch.jit.unused
+def _upsample_stacked(low: list[torch.Tensor], size: list[int]) -> list[torch.Tensor]:
+    """(Bi/tri)linear upsampling (``align_corners=False``) of same-shaped maps to ``size`` in fp32, as one separable
+    product per axis on the maps stacked along the batch axis; returned as consecutive batch chunks of one
+    contiguous tensor, in order (a loss can take them together without a copy).
+
+    The same values as ``F.interpolate`` up to float rounding: per axis, interpolation is a fixed ``(out, in)``
+    matrix with two non-zero weights per row. As matrix products the forward and especially the backward are much
+    faster on CPU than PyTorch's interpolation kernels (measured 4x for the training heads' 9 x 2 x 6 x 16 x 16 x 8 ->
+    64 x 64 x 32, forward + backward, one thread). fp32 like autocast's interpolation.
+    """
+    with torch.autocast(device_type=low[0].device.type, enabled=False):
+        x = torch.cat([t.float() for t in low], dim=0).contiguous()
+        lead = list(x.shape[:2])
+        for axis in reversed(range(len(size))):
+            n_in, n_out = x.shape[axis + 2], size[axis]
+            if n_in == n_out:
+                continue
+            weights = _linear_interpolation_matrix(n_in, n_out, x.device)
+            shape = list(x.shape)
+            before = lead[0] * lead[1] * math.prod(shape[2 : axis + 2])
+            after = math.prod(shape[axis + 3 :])
+            if after == 1:
+                x = torch.matmul(x.reshape(before, n_in), weights.t())
+            else:
+                x = torch.matmul(weights, x.reshape(before, n_in, after))
+            shape[axis + 2] = n_out
+            x = x.reshape(shape)
+    return list(x.chunk(len(low), dim=0))
+
+
+def _linear_interpolation_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """``(n_out, n_in)`` matrix of 1D linear interpolation with ``align_corners=False`` (PyTorch's source index
+    ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0; the last input repeats past the end)."""
+    target = torch.arange(n_out, dtype=torch.float32, device=device)
+    source = ((target + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    low = source.floor().long().clamp_max(n_in - 1)
+    high = (low + 1).clamp_max(n_in - 1)
+    frac = source - low.float()
+    rows = torch.arange(n_out, device=device)
+    weights = torch.zeros(n_out, n_in, device=device)
+    weights.index_put_((rows, low), 1 - frac, accumulate=True)
+    weights.index_put_((rows, high), frac, accumulate=True)
+    return weights

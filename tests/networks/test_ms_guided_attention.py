@@ -284,3 +284,92 @@ def test_encoder_trimmed_kernels_on_single_voxel_axes_match_plain_convolutions(s
         scripted = torch.jit.script(encoder.eval())
         for a, b in zip(scripted(x), plain.eval()(x), strict=True):
             assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_training_runs_the_shared_encoder_decoder_batched_with_per_scale_batch_norm(monkeypatch):
+    """Training batches the scales through the shared encoder-decoder, each BatchNorm per scale: the same outputs,
+    gradients and running statistics as one call per scale (the authors' loop, kept for TorchScript)."""
+    from medattn3d.networks.blocks.guided_attention import SemanticEncoderDecoder
+
+    torch.manual_seed(0)
+    net = _tiny(3).train()
+    for m in net.modules():
+        if hasattr(m, "gamma"):
+            torch.nn.init.constant_(m.gamma, 0.3)
+    looped = copy.deepcopy(net)
+    x = torch.randn(2, 1, 32, 32, 64)
+    batched_calls = []
+    original = SemanticEncoderDecoder.forward_groups
+
+    def spy(self, inputs, groups):
+        batched_calls.append(inputs.shape[0])
+        return original(self, inputs, groups)
+
+    monkeypatch.setattr(SemanticEncoderDecoder, "forward_groups", spy)
+    ours = net(x)
+    monkeypatch.setattr(SemanticEncoderDecoder, "forward_groups", lambda self, inputs, groups: None)
+    theirs = looped(x)
+    assert batched_calls == [2 * net.num_scales] * net.num_steps
+    for key in ours:
+        for a, b in zip(ours[key], theirs[key], strict=True):
+            assert torch.allclose(a, b, atol=1e-5), key
+    _backward_with_fixed_weights(ours), _backward_with_fixed_weights(theirs)
+    _assert_same_gradients(net, looped)
+    for (name, a), b in zip(net.named_buffers(), looped.buffers(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def _backward_with_fixed_weights(output: dict) -> None:
+    tensors = [t for key in sorted(output) for t in output[key]]
+    sum((t * torch.linspace(-1, 1, t.numel()).view_as(t)).sum() for t in tensors).backward()
+
+
+def _assert_same_gradients(net: torch.nn.Module, reference: torch.nn.Module) -> None:
+    """Gradients equal up to float rounding, measured against the largest gradient (a convolution bias before a
+    BatchNorm has an exactly-zero gradient, i.e. pure rounding noise, which no relative tolerance can compare)."""
+    scale = max(float(p.grad.abs().max()) for p in reference.parameters())
+    for (name, p), q in zip(net.named_parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5 * scale), name
+
+
+@pytest.mark.parametrize(("spatial_dims", "size"), [(3, (32, 32, 64)), (2, (64, 96))])
+def test_training_heads_upsample_like_interpolate(spatial_dims, size):
+    """The training heads' separable upsampling (and the fused prediction taken before it) give F.interpolate's
+    predictions and gradients; the returned predictions are consecutive chunks of one tensor, in order."""
+    import torch.nn.functional as F
+
+    import medattn3d.networks.ms_guided_attention as module
+
+    torch.manual_seed(0)
+    net = _tiny(spatial_dims).train()
+    reference = copy.deepcopy(net)
+    x = torch.randn(2, 1, *size)
+    ours = net(x)
+    mode = "trilinear" if spatial_dims == 3 else "bilinear"
+    original = module._upsample_stacked
+    module._upsample_stacked = lambda low, size: (
+        [F.interpolate(t.float(), size=size, mode=mode, align_corners=False) for t in low[:-1]]
+        + [torch.stack([F.interpolate(t, size=size, mode=mode) for t in low[net.num_scales : -1]]).mean(0)]
+    )
+    try:
+        theirs = reference(x)
+    finally:
+        module._upsample_stacked = original
+    for key in ("scale_logits", "logits"):
+        for a, b in zip(ours[key], theirs[key], strict=True):
+            assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-5), key
+    chunks = ours["scale_logits"] + ours["logits"]
+    assert all(c.data_ptr() == chunks[0].data_ptr() + i * c.numel() * 4 for i, c in enumerate(chunks))
+    _backward_with_fixed_weights(ours), _backward_with_fixed_weights(theirs)
+    _assert_same_gradients(net, reference)
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(16, 64), (8, 32), (5, 13), (7, 7), (12, 5)])
+def test_linear_interpolation_matrix_is_interpolate(n_in, n_out):
+    import torch.nn.functional as F
+
+    from medattn3d.networks.ms_guided_attention import _linear_interpolation_matrix
+
+    x = torch.randn(3, 2, n_in)
+    expected = F.interpolate(x, size=n_out, mode="linear", align_corners=False)
+    assert torch.allclose(x @ _linear_interpolation_matrix(n_in, n_out, x.device).t(), expected, atol=1e-6)
