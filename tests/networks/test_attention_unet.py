@@ -1,4 +1,5 @@
-"""AttentionUNet: shapes, train/eval outputs, gradients, TorchScript, errors, attention maps."""
+"""AttentionUNet: shapes, train/eval outputs, gradients, TorchScript, errors, attention maps, and the training-speed
+helpers (channel concatenation, small-grid convolution) against plain PyTorch."""
 
 import copy
 
@@ -7,7 +8,8 @@ import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 
 from medattn3d.networks import AttentionUNet, attention_unet
-from medattn3d.networks.blocks import attention_gate
+from medattn3d.networks.blocks import DoubleConv, attention_gate
+from medattn3d.networks.blocks.conv import SmallGridConv3d
 from medattn3d.networks.utils import cat_channels
 
 SMALL = {"channels": (4, 8, 16, 32), "strides": (2, 2, 2)}
@@ -244,3 +246,55 @@ def test_training_step_equals_the_one_with_plain_cat(monkeypatch, autocast):
     scale = max(float(g.abs().max()) for g in plain_grads)
     tolerance = 2e-2 if autocast else 1e-5  # bf16: only the summation order of the backward differs
     assert all(float((a - b).abs().max()) <= tolerance * scale for a, b in zip(fast_grads, plain_grads, strict=True))
+
+
+def _conv_pair(bias: bool) -> tuple[torch.nn.Conv3d, SmallGridConv3d]:
+    reference = torch.nn.Conv3d(6, 5, 3, padding=1, bias=bias)
+    fast = copy.deepcopy(reference)
+    fast.__class__ = SmallGridConv3d
+    return reference, fast
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_small_grid_conv_has_the_conv_outputs_and_gradients_in_bf16_training(bias):
+    reference, fast = _conv_pair(bias)
+    x = torch.randn(2, 6, 4, 5, 3).contiguous(memory_format=torch.channels_last_3d)
+    results = []
+    for conv in (reference, fast):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(xi)
+        y.float().square().sum().backward()
+        results.append((y, xi.grad, conv.weight.grad, conv.bias.grad if bias else None))
+    assert "ConvGemmWeightGrad" in type(y.grad_fn).__name__  # the GEMM path ran
+    (y_ref, gx_ref, gw_ref, gb_ref), (y_fast, gx_fast, gw_fast, gb_fast) = results
+    assert torch.equal(y_fast, y_ref) and torch.equal(gx_fast, gx_ref)
+    # the weight gradient against an independent fp64 one on the same bf16-rounded tensors
+    upstream = 2 * y_ref.detach().double()
+    expected = torch.nn.grad.conv3d_weight(x.bfloat16().double(), gw_ref.shape, upstream, padding=1)
+    assert torch.allclose(gw_fast.double(), expected, rtol=1e-2, atol=1e-2 * float(expected.abs().max()))
+    assert torch.allclose(gw_fast, gw_ref, rtol=2e-2, atol=2e-2 * float(gw_ref.abs().max()))
+    if bias:
+        assert torch.allclose(gb_fast.double(), upstream.sum(dim=(0, 2, 3, 4)), rtol=1e-2)
+        assert torch.allclose(gb_fast, gb_ref, rtol=2e-2)
+
+
+def test_small_grid_conv_is_the_plain_conv_outside_bf16_training():
+    reference, fast = _conv_pair(True)
+    x = torch.randn(2, 6, 4, 5, 3, requires_grad=True)
+    assert type(fast(x).grad_fn).__name__ == "ConvolutionBackward0"  # fp32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fast(x), reference(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        large = torch.randn(2, 6, 16, 16, 8)  # 4096 positions: oneDNN's own weight gradient is faster there
+        assert type(fast(large).grad_fn).__name__ == "ConvolutionBackward0"
+        shallow = torch.randn(2, 6, 4, 4, 2)  # shallower than the kernel: the conv3d guard's case
+        assert type(fast(shallow).grad_fn).__name__ == "ConvolutionBackward0"
+
+
+def test_double_conv_uses_the_small_grid_conv_in_3d_only_and_keeps_the_state_dict_keys():
+    net = AttentionUNet(3, 1, 2, **SMALL)
+    convs = [block.conv for double in net.modules() if isinstance(double, DoubleConv) for block in double]
+    assert convs and all(type(conv) is SmallGridConv3d for conv in convs)
+    assert not any(isinstance(m, SmallGridConv3d) for m in AttentionUNet(2, 1, 2, **SMALL).modules())
+    assert all(k.endswith((".conv.weight", ".conv.bias")) for k in net.state_dict() if ".conv_0.conv." in k)
