@@ -18,6 +18,15 @@ and classes with bf16 autocast + channels-last). ``--train-shapes bundle`` train
 patch and batch (``configs/train.json``: 2 x 64 x 64 x 32); an edge (``96``) trains the benchmark's networks on one
 cubic patch. Every row carries GFLOP (``common.network_gflop``: forward, or forward + backward) and GFLOP/s next
 to the matmul peaks measured in the same run.
+
+``--loss``: what a training step differentiates. ``mean`` (the default) sums the means of every output tensor, the
+same cheap stand-in for every network. ``bundle`` trains each network with its real loss on a random integer label
+map: ours with its bundle's ``configs/train.json`` loss (the guided network: ``GuidedAttentionLoss``, DiceCE on the
+eight scale predictions and the fused one plus the guided and reconstruction terms; the AttentionUNet:
+``DeepSupervisionLoss(DiceCELoss)``), MONAI's AttentionUnet with ``DiceCELoss(to_onehot_y=True, softmax=True)`` (at
+the bundle patch it then predicts the bundle's classes). ``--loss mean bundle`` gives both sets of rows.
+
+    .venv/bin/python benchmarks/network_step.py --paired --modes train --train-shapes bundle --loss mean bundle
 """
 
 from __future__ import annotations
@@ -149,14 +158,34 @@ def monai_like(network: torch.nn.Module) -> torch.nn.Module:
     return AttentionUnet(network.spatial_dims, network.in_channels, network.head.out_channels, widths, strides)
 
 
-def paired_cases(train_shape: str, peaks: dict | None) -> dict[str, list[tuple[str, Callable[[], None], float]]]:
+def bundle_loss(name: str) -> tuple[torch.nn.Module, int]:
+    """The loss a shipped bundle's ``configs/train.json`` trains with, and its number of classes."""
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser()
+    config.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / name / "configs" / "train.json"))
+    return config.get_parsed_content("loss", instantiate=True), int(config["num_classes"])
+
+
+def out_channels(network: torch.nn.Module) -> int:
+    """Classes a network predicts: the channels of its eval-mode output on a small input."""
+    with torch.no_grad():
+        network = copy.deepcopy(network).eval()
+        return network(torch.zeros(1, 1, 32, 32, 32)).shape[1]
+
+
+def paired_cases(
+    train_shape: str, peaks: dict | None, loss: str = "mean"
+) -> dict[str, list[tuple[str, Callable[[], None], float]]]:
     """(name, step, GFLOP) per mode, the first of each mode the reference: ``infer`` (96^3, one window, the guided
     network as its bundle infers vs MONAI AttentionUnet fp32), ``train`` (the guided network as its bundle trains vs
     MONAI AttentionUnet fp32) and ``train-unet`` (our AttentionUNet as its bundle trains vs MONAI AttentionUnet with
     bf16 autocast + channels-last, the two lines a MONAI user would add). ``train_shape`` is ``bundle`` (each
     bundle's own network, patch and batch: 2 x 64 x 64 x 32) or an edge (one cubic patch, batch 1, the
-    benchmark's widths and 4 classes)."""
+    benchmark's widths and 4 classes). ``loss`` is ``mean`` or ``bundle`` (see the module docstring)."""
     from monai.inferers import SimpleInferer
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import AttentionUnet
 
     from medattn3d.engine.precision import PrecisionInferer, prepare_for_inference
 
@@ -174,10 +203,23 @@ def paired_cases(train_shape: str, peaks: dict | None) -> dict[str, list[tuple[s
         unet_shape = shape
     train_x, unet_x = torch.randn(shape), torch.randn(unet_shape)
     monai_train, monai_unet = monai_like(unet), monai_like(unet)
+    guided_loss, unet_loss = mean_of_outputs, mean_of_outputs
+    if loss == "bundle" and train_shape == "bundle":
+        guided_loss, guided_classes = bundle_loss("ms_guided_attention_3d")
+        unet_loss, _ = bundle_loss("attention_unet_3d")
+    elif loss == "bundle":
+        guided_loss, unet_loss = bundle_loss("ms_guided_attention_3d")[0], bundle_loss("attention_unet_3d")[0]
+        guided_classes = out_channels(guided)
     if train_shape == "bundle":  # the guided reference: MONAI's network at the benchmark's widths, same patch
         monai_train = build("MONAI AttentionUnet", 3)
+        if loss == "bundle":  # ... predicting the bundle's classes
+            monai_train = AttentionUnet(3, 1, guided_classes, CHANNELS, STRIDES)
     monai_unet.to(memory_format=torch.channels_last_3d)
     unet_x_last = unet_x.contiguous(memory_format=torch.channels_last_3d)
+    reference_loss = DiceCELoss(to_onehot_y=True, softmax=True) if loss == "bundle" else mean_of_outputs
+    guided_label = labels(train_x, out_channels(guided)) if loss == "bundle" else None
+    monai_label = labels(train_x, out_channels(monai_train)) if loss == "bundle" else None
+    unet_label = labels(unet_x, out_channels(unet)) if loss == "bundle" else None
 
     def monai_infer() -> None:
         with torch.no_grad():
@@ -188,21 +230,24 @@ def paired_cases(train_shape: str, peaks: dict | None) -> dict[str, list[tuple[s
             infer(x, ours)
 
     def monai_fp32_step() -> None:
-        monai_train.train()(train_x).float().mean().backward()
+        reference_loss(monai_train.train()(train_x).float(), monai_label).backward()
         monai_train.zero_grad(set_to_none=True)
 
     def monai_bf16_last_step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = monai_unet.train()(unet_x_last)
-        out.float().mean().backward()
+        reference_loss(out.float(), unet_label).backward()
         monai_unet.zero_grad(set_to_none=True)
 
-    def bundle_step(network: torch.nn.Module, batch: torch.Tensor) -> Callable[[], None]:
-        """One forward + backward as the bundle's trainer runs it (PrecisionInferer, precision auto, channels-last)."""
+    def bundle_step(
+        network: torch.nn.Module, batch: torch.Tensor, loss_fn: Callable, label: torch.Tensor | None
+    ) -> Callable[[], None]:
+        """One forward + backward as the bundle's trainer runs it (PrecisionInferer, precision auto, channels-last),
+        through ``loss_fn`` (the bundle's loss or the mean of the outputs)."""
         inferer = PrecisionInferer(SimpleInferer(), "auto", channels_last=True)
 
         def step() -> None:
-            sum(t.mean() for t in flatten(inferer(batch, network.train()))).backward()
+            loss_fn(inferer(batch, network.train()), label).backward()
             network.zero_grad(set_to_none=True)
 
         return step
@@ -210,37 +255,64 @@ def paired_cases(train_shape: str, peaks: dict | None) -> dict[str, list[tuple[s
     def gflop(network: torch.nn.Module, batch: torch.Tensor, train: bool) -> float:
         return network_gflop(copy.deepcopy(network).train(train), batch, train=train)
 
+    ref_tag, ours_tag = (" + DiceCE", " + bundle loss") if loss == "bundle" else ("", "")
     return {
         "infer": [
             ("MONAI AttentionUnet fp32", monai_infer, gflop(monai, x, False)),
             ("ours MSGuidedAttention as its bundle runs it", ours_infer, gflop(ours, x.to(torch.bfloat16), False)),
         ],
         "train": [
-            ("MONAI AttentionUnet fp32", monai_fp32_step, gflop(monai_train, train_x, True)),
+            ("MONAI AttentionUnet fp32" + ref_tag, monai_fp32_step, gflop(monai_train, train_x, True)),
             (
-                "ours MSGuidedAttention as its bundle trains it",
-                bundle_step(guided, train_x),
+                "ours MSGuidedAttention as its bundle trains it" + ours_tag,
+                bundle_step(guided, train_x, guided_loss, guided_label),
                 gflop(guided, train_x, True),
             ),
         ],
         "train-unet": [
-            ("MONAI AttentionUnet bf16 + channels-last", monai_bf16_last_step, gflop(monai_unet, unet_x, True)),
-            ("ours AttentionUNet as its bundle trains it", bundle_step(unet, unet_x), gflop(unet, unet_x, True)),
+            (
+                "MONAI AttentionUnet bf16 + channels-last" + ref_tag,
+                monai_bf16_last_step,
+                gflop(monai_unet, unet_x, True),
+            ),
+            (
+                "ours AttentionUNet as its bundle trains it" + ours_tag,
+                bundle_step(unet, unet_x, unet_loss, unet_label),
+                gflop(unet, unet_x, True),
+            ),
         ],
     }
 
 
+def mean_of_outputs(output: object, label: torch.Tensor | None = None) -> torch.Tensor:
+    """The stand-in loss: the sum of the means of every output tensor (the label is ignored)."""
+    return sum(t.float().mean() for t in flatten(output))
+
+
+def labels(batch: torch.Tensor, classes: int) -> torch.Tensor:
+    """A random integer label map (one channel, as float like MONAI's loaders give it) for ``batch``."""
+    generator = torch.Generator().manual_seed(1)
+    shape = [batch.shape[0], 1, *batch.shape[2:]]
+    return torch.randint(0, classes, shape, generator=generator).float()
+
+
 def paired(
-    train_shapes: list[str], rounds: int, repeats: int, modes: list[str], peaks: dict | None = None
+    train_shapes: list[str],
+    rounds: int,
+    repeats: int,
+    modes: list[str],
+    peaks: dict | None = None,
+    losses: tuple[str, ...] = ("mean",),
 ) -> list[dict]:
     """Alternating rounds of each mode's reference and our network, all in this process (see the docstring)."""
     import statistics
 
     rows = []
-    for train_shape in train_shapes:
-        cases = paired_cases(train_shape, peaks)
+    for train_shape, loss in [(shape, loss) for shape in train_shapes for loss in losses]:
+        cases = paired_cases(train_shape, peaks, loss)
         for mode, entries in cases.items():
-            if mode not in modes or (mode == "infer" and train_shape != train_shapes[0]):
+            first = train_shape == train_shapes[0] and loss == losses[0]
+            if mode not in modes or (mode == "infer" and not first):
                 continue
             times: dict[str, list[float]] = {name: [] for name, _, _ in entries}
             for _ in range(rounds):
@@ -252,6 +324,7 @@ def paired(
                 row = {
                     "mode": mode,
                     "shape": "1x1x96^3" if mode == "infer" else train_shape,
+                    "loss": "none" if mode == "infer" else loss,
                     "net": name,
                     "reference": entries[0][0],
                     "median_s": statistics.median(times[name]),
@@ -286,6 +359,13 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="--paired: torch threads (1 is steadier than 2 on a machine other jobs load)"
     )
+    parser.add_argument(
+        "--loss",
+        nargs="*",
+        default=["mean"],
+        choices=["mean", "bundle"],
+        help="--paired training loss: 'mean' of the outputs and/or each network's real 'bundle' loss (see above)",
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -299,9 +379,9 @@ def main() -> None:
     print(f"matmul peaks: fp32 {peaks['fp32_gflop_per_s']:.0f} GFLOP/s, bf16 {peaks['bf16_gflop_per_s']:.0f} GFLOP/s")
     if args.paired:
         modes = args.modes if args.modes != ["infer", "train"] else ["infer", "train", "train-unet"]
-        rows = paired(args.train_shapes, args.rounds, max(1, args.repeats // 2), modes, peaks)
+        rows = paired(args.train_shapes, args.rounds, max(1, args.repeats // 2), modes, peaks, tuple(args.loss))
         print(f"\n3D, {args.rounds} alternating rounds in one process, {machine()}")
-        print_table(rows, ["mode", "shape", "net", "median_s", "speedup_vs_reference", "gflop", "gflop_per_s"])
+        print_table(rows, ["mode", "shape", "loss", "net", "median_s", "speedup_vs_reference", "gflop", "gflop_per_s"])
         payload = {"benchmark": "network_step_paired", "machine": machine(), "matmul_peaks": peaks, "rows": rows}
         write_json(args.json, payload)
         return
