@@ -25,11 +25,62 @@ from medattn3d.outputs.atomic import atomic_path
 
 INT8_IR = "model_int8.xml"
 DEFAULT_CALIBRATION_PATCHES = 32
+# Convolutions left in floating point by default (see :func:`float_layers`): the first one, which reads the image,
+# and the head, which writes the logits; both run at full resolution but do < 1 % of the arithmetic. Measured on the
+# shipped 3D bundle's demo validation set against PyTorch fp32 (4 volumes, 3 calibration seeds, bf16 hint for the
+# float layers): every convolution in int8 flipped 1008-1092 voxels' argmax and cost the barely-learnt lesion class
+# (Dice 0.09, ~70 predicted voxels in all) -0.0045..-0.0100; the first convolution alone in float halved the flips
+# (514-551; lesion 0.0000..-0.0022), first + head 482-520 flips, lesion -0.0000..+0.0009, the learnt classes within
+# 0.0004. The first convolution has a single input channel and NNCF's default overflow fix gives it 7-bit weights;
+# the head maps 16 channels to the class logits, where an int8 step moves the argmax. The attention gates' psi
+# convolutions in float helped no further. Paired speed on the bundle's window: benchmarks/int8.py.
+DEFAULT_FLOAT_LAYERS: tuple[str, ...] = ("first", "head")
+FLOAT_LAYER_KINDS = ("first", "head", "gates")
 
 
 def int8_ir_path(bundle: str | Path) -> Path:
     """Where a bundle's INT8 model lives: ``<bundle>/models/model_int8.xml`` (its weights in ``model_int8.bin``)."""
     return Path(bundle) / "models" / INT8_IR
+
+
+def float_layers(model: Any, kinds: Sequence[str] = DEFAULT_FLOAT_LAYERS) -> list[str]:
+    """Names of the convolutions of an OpenVINO ``model`` to keep in floating point, found from the graph (the
+    converter's names of BatchNorm-folded convolutions are generated, so no fixed list would do): ``"first"`` the
+    convolutions reading the network input, ``"head"`` those whose output (after its bias) is a network output,
+    ``"gates"`` those feeding a sigmoid (the attention gates' ``psi``). The same for 2D and 3D, any network."""
+    unknown = sorted(set(kinds) - set(FLOAT_LAYER_KINDS))
+    if unknown:
+        raise ValueError(f"float layer kinds must be among {FLOAT_LAYER_KINDS}, got {unknown}")
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution"):
+            continue
+        reads = op.input(0).get_source_output().get_node().get_type_name()
+        after = _consumers(op)
+        after += [node for bias in after if bias.get_type_name() == "Add" for node in _consumers(bias)]
+        if (
+            ("first" in kinds and reads == "Parameter")
+            or ("head" in kinds and any(n.get_type_name() == "Result" for n in after))
+            or ("gates" in kinds and any(n.get_type_name() == "Sigmoid" for n in after))
+        ):
+            names.append(op.get_friendly_name())
+    return names
+
+
+def outdated_recipe(model: Any) -> str | None:
+    """Why an INT8 ``model`` (an exported IR, read) was made with another recipe than today's default, or ``None``:
+    exports before the float layers were recorded quantized every convolution. For the runtime's staleness warning
+    and ``export --continue``, which keep an existing IR otherwise."""
+    if not model.has_rt_info(["medattn3d", "float_layers"]):
+        return "every convolution in int8 (an export older than the float first/head layers)"
+    recorded = str(model.get_rt_info(["medattn3d", "float_layers"]).astype(str))
+    if recorded != ",".join(DEFAULT_FLOAT_LAYERS):
+        return f"float layers {recorded or 'none'}, today's default {','.join(DEFAULT_FLOAT_LAYERS)}"
+    return None
+
+
+def _consumers(node: Any) -> list[Any]:
+    return [target.get_node() for output in node.outputs() for target in output.get_target_inputs()]
 
 
 def quantize_network(
@@ -38,6 +89,7 @@ def quantize_network(
     subset_size: int | None = None,
     preset: str = "performance",
     fast_bias_correction: bool = False,
+    keep_float: Sequence[str] = DEFAULT_FLOAT_LAYERS,
 ):
     """``network`` (trained weights loaded) as an INT8 OpenVINO model calibrated on ``patches``.
 
@@ -45,7 +97,10 @@ def quantize_network(
     axis stays dynamic, for the sliding window's last, smaller batch). NNCF's symmetric ``"performance"`` preset
     (``"mixed"``: asymmetric activations) and its full bias correction: on the demo it halved the INT8 error of the
     fast one (argmax agreement with fp32 0.9994 vs 0.9988, largest probability difference 0.09 vs 0.17) for ~1.5x the
-    export time and no inference cost; ``subset_size`` defaults to every patch. Returns an ``openvino.Model``.
+    export time and no inference cost; ``subset_size`` defaults to every patch. ``keep_float``: the kinds of
+    convolution left in floating point (:func:`float_layers`; default the first and the head, see
+    ``DEFAULT_FLOAT_LAYERS``; ``()`` quantizes every convolution).
+    Returns an ``openvino.Model`` whose rt_info ``medattn3d/float_layers`` lists those kinds.
     """
     try:
         import nncf
@@ -66,16 +121,20 @@ def quantize_network(
         model = ov.convert_model(network, example_input=torch.from_numpy(arrays[0]))
     # the conversion leaves every axis dynamic; fix the window (OpenVINO plans its kernels for it), keep the batch free
     model.reshape({model.inputs[0]: ov.PartialShape([-1, *shape[1:]])})
+    kept = float_layers(model, keep_float)
     nncf.set_log_level(40)  # errors only: the progress bars would interleave with the CLI's output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return nncf.quantize(
+        quantized = nncf.quantize(
             model,
             nncf.Dataset(arrays),
             preset=nncf.QuantizationPreset(preset),
             subset_size=subset_size or len(arrays),
             fast_bias_correction=fast_bias_correction,
+            ignored_scope=nncf.IgnoredScope(names=kept) if kept else None,
         )
+    quantized.set_rt_info(",".join(keep_float), ["medattn3d", "float_layers"])
+    return quantized
 
 
 def _as_batch(patch: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -168,9 +227,11 @@ def export_int8(
     calibration: int = DEFAULT_CALIBRATION_PATCHES,
     overrides: dict[str, Any] | None = None,
     seed: int = 0,
+    keep_float: Sequence[str] = DEFAULT_FLOAT_LAYERS,
 ) -> Path:
     """Quantize ``bundle``'s network with the trained ``weights`` to INT8 and save it as ``output`` (default
-    :func:`int8_ir_path`), calibrated on ``calibration`` training patches; returns the ``.xml`` path.
+    :func:`int8_ir_path`), calibrated on ``calibration`` training patches, the ``keep_float`` convolutions left in
+    floating point (:func:`quantize_network`); returns the ``.xml`` path.
 
     The network is built from ``configs/inference.json`` (``network_def``, ``overrides`` applied) on the CPU; the
     weights load with :func:`medattn3d.training.load_weights` (one-line error when they do not fit).
@@ -186,7 +247,7 @@ def export_int8(
     network = bundle_config(bundle, cpu).get_parsed_content("network_def")
     load_weights(network, weights)
     patches = calibration_patches(bundle, calibration, cpu, seed)
-    model = quantize_network(network, patches)
+    model = quantize_network(network, patches, keep_float=keep_float)
     stat = Path(weights).stat()  # what the runtime checks to warn about an export older than retrained weights
     model.set_rt_info(str(Path(weights).resolve()), ["medattn3d", "weights"])
     model.set_rt_info(f"{stat.st_size}:{stat.st_mtime_ns}", ["medattn3d", "weights_stamp"])

@@ -14,7 +14,7 @@ pytest.importorskip("nncf")
 
 from medattn3d.engine import PrecisionInferer, prepare_for_inference
 from medattn3d.engine.backends import IRNetwork
-from medattn3d.engine.quantize import quantize_network, save_ir
+from medattn3d.engine.quantize import DEFAULT_FLOAT_LAYERS, float_layers, outdated_recipe, quantize_network, save_ir
 from medattn3d.errors import InputError
 from medattn3d.networks import AttentionUNet
 
@@ -64,6 +64,64 @@ def test_int8_model_in_a_sliding_window_agrees_with_pytorch(network, int8_ir):
     margin = (expected[:, 0] - expected[:, 1]).abs()
     assert agree.float().mean() > 0.95  # ~0.98 measured; flips sit where the fp32 classes nearly tie
     assert agree[margin > margin.median()].float().mean() > 0.995  # voxels the fp32 network clearly decides
+
+
+def converted(network: torch.nn.Module):
+    import openvino as ov
+
+    with torch.no_grad():
+        return ov.convert_model(network, example_input=torch.zeros(1, 1, *WINDOW))
+
+
+def convolutions(model) -> dict[str, tuple[int, ...]]:
+    """Every convolution of an OpenVINO model: name -> weight shape."""
+    ops = [op for op in model.get_ops() if op.get_type_name() == "Convolution"]
+    return {op.get_friendly_name(): tuple(op.input(1).get_partial_shape().to_shape()) for op in ops}
+
+
+def int8_convolutions(model) -> set[str]:
+    """The convolutions whose weights NNCF stored in int8 (an i8 constant dequantized by Convert/Multiply)."""
+
+    def int8_constant(node) -> bool:
+        if node.get_type_name() == "Constant":
+            return node.get_element_type().get_type_name() in ("i8", "u8")
+        if node.get_type_name() in ("Convert", "Multiply", "Subtract"):
+            return any(int8_constant(i.get_source_output().get_node()) for i in node.inputs())
+        return False
+
+    ops = [op for op in model.get_ops() if op.get_type_name() == "Convolution"]
+    return {op.get_friendly_name() for op in ops if int8_constant(op.input(1).get_source_output().get_node())}
+
+
+def test_float_layers_are_found_from_the_graph_and_left_unquantized(network, int8_ir):
+    model = converted(network)
+    shapes = convolutions(model)
+    first, head, gates = (float_layers(model, [kind]) for kind in ("first", "head", "gates"))
+    # checked against the PyTorch modules' weights: the 3x3x3 convolution from the 1 input channel, the 1x1 head to
+    # the 2 classes, one 1x1 psi convolution to a single channel per attention gate
+    assert [shapes[n] for n in first] == [tuple(network.encoder[0].conv_0.conv.weight.shape)] == [(4, 1, 3, 3, 3)]
+    assert [shapes[n] for n in head] == [tuple(network.head.weight.shape)] == [(2, 4, 1, 1, 1)]
+    psi = [tuple(m.psi.weight.shape) for m in network.modules() if hasattr(m, "psi")]
+    assert sorted(shapes[n] for n in gates) == sorted(psi) == [(1, 8, 1, 1, 1)] * 2
+    default = [n for kind in DEFAULT_FLOAT_LAYERS for n in float_layers(model, [kind])]
+    assert sorted(float_layers(model)) == sorted(default)
+    with pytest.raises(ValueError, match="float layer kinds"):
+        float_layers(model, ["decoder"])
+
+    quantized, _ = int8_ir  # the default recipe: first + head in float, every other convolution in int8
+    quantized_shapes = convolutions(quantized)
+    kept = set(quantized_shapes) - int8_convolutions(quantized)
+    assert sorted(quantized_shapes[n] for n in kept) == [(2, 4, 1, 1, 1), (4, 1, 3, 3, 3)]
+    assert len(quantized_shapes) == len(shapes) and outdated_recipe(quantized) is None
+
+
+def test_an_int8_model_of_another_recipe_is_named_outdated():
+    model = tiny_openvino_model(1.0)  # an export from before the float layers were recorded
+    assert "every convolution in int8" in outdated_recipe(model)
+    model.set_rt_info("", ["medattn3d", "float_layers"])  # keep_float=()
+    assert "float layers none, today's default first,head" in outdated_recipe(model)
+    model.set_rt_info(",".join(DEFAULT_FLOAT_LAYERS), ["medattn3d", "float_layers"])
+    assert outdated_recipe(model) is None
 
 
 def test_int8_model_refuses_another_window_in_one_line(int8_ir):
