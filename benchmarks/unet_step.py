@@ -1,5 +1,5 @@
 """AttentionUNet training step, paired in one process: ours as its bundle trains it vs MONAI's AttentionUnet with bf16
-autocast + channels-last, and ours with plain ``torch.cat`` (the code before ``cat_channels``: the before/after).
+autocast + channels-last, and ours as before this round (plain ``torch.cat``, oneDNN's weight gradients everywhere).
 
     .venv/bin/python benchmarks/unet_step.py --threads 2 --json benchmarks/results/unet_step.json
     .venv/bin/python benchmarks/unet_step.py --threads 1 --json benchmarks/results/unet_step_1thread.json
@@ -54,17 +54,19 @@ def monai_like(network: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def plain_cat() -> Iterator[None]:
-    """Inside: our network concatenates with ``torch.cat`` again (strided-slice gradients), as before."""
+def as_before() -> Iterator[None]:
+    """Inside: our network runs as before this round: ``torch.cat`` (strided-slice gradients) and oneDNN's weight
+    gradients on every grid (no ``SmallGridConv3d`` GEMM)."""
     from medattn3d.networks import attention_unet
-    from medattn3d.networks.blocks import attention_gate
+    from medattn3d.networks.blocks import attention_gate, conv
 
-    saved = attention_unet.cat_channels, attention_gate.cat_channels
+    saved = attention_unet.cat_channels, attention_gate.cat_channels, conv.MAX_GEMM_POSITIONS
     attention_unet.cat_channels = attention_gate.cat_channels = lambda tensors: torch.cat(tensors, dim=1)
+    conv.MAX_GEMM_POSITIONS = 0
     try:
         yield
     finally:
-        attention_unet.cat_channels, attention_gate.cat_channels = saved
+        attention_unet.cat_channels, attention_gate.cat_channels, conv.MAX_GEMM_POSITIONS = saved
 
 
 def flatten(output: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
@@ -105,8 +107,8 @@ def cases(shape_name: str, loss_name: str) -> list[tuple[str, Callable[[], None]
         loss_of(inferer(x, ours.train())).backward()
         ours.zero_grad(set_to_none=True)
 
-    def ours_plain_cat_step() -> None:
-        with plain_cat():
+    def ours_before_step() -> None:
+        with as_before():
             ours_step()
 
     monai_gflop = network_gflop(monai_like(ours), x, train=True)
@@ -114,7 +116,7 @@ def cases(shape_name: str, loss_name: str) -> list[tuple[str, Callable[[], None]
     return [
         ("MONAI AttentionUnet bf16 + channels-last (reference)", monai_step, monai_gflop),
         ("ours AttentionUNet as its bundle trains it", ours_step, ours_gflop),
-        ("ours, plain torch.cat (before)", ours_plain_cat_step, ours_gflop),
+        ("ours as before this round (torch.cat, oneDNN weight gradients)", ours_before_step, ours_gflop),
     ]
 
 
@@ -151,7 +153,7 @@ def main() -> None:
                 "round_ratios": [round(r, 3) for r in ratios],
             }
             rows.append(add_throughput(row, gflop, peaks))
-            print(f"{shape_name:7s} {name:55s} {row['median_s']:.3f} s  ratios {row['round_ratios']}", flush=True)
+            print(f"{shape_name:7s} {name:64s} {row['median_s']:.3f} s  ratios {row['round_ratios']}", flush=True)
     peaks_end, load_end = matmul_peaks(), os.getloadavg()
     print(f"\nload (1, 5, 15 min) {load_start} -> {load_end}")
     print(f"\nAttentionUNet training step, {args.rounds} alternating rounds, loss {args.loss}, {machine()}")
