@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from medattn3d.networks.blocks import ChannelAttention, PositionAttention
+from medattn3d.networks.blocks import ChannelAttention, PositionAttention, dual_attention
 from medattn3d.networks.blocks.dual_attention import PositionAttentionProduct
 
 
@@ -118,16 +118,23 @@ def test_bf16_training_runs_the_product_in_fp32_with_the_same_gradients():
 
 
 @pytest.mark.parametrize(("batch", "positions", "qk", "v"), [(2, 20, 2, 4), (1, 140, 1, 2)])
-def test_training_product_gradients_pass_gradcheck(batch, positions, qk, v):
+def test_training_product_gradients_pass_gradcheck(batch, positions, qk, v, monkeypatch):
     """The blockwise backward of the training product against finite differences (float64), with sequences shorter
-    than, and spanning two of, its query chunks (128), and q/k narrower than v (the forward pads them)."""
+    than, and spanning two of, its query chunks (the minimum 128), and q/k narrower than v (the forward pads them)."""
+    monkeypatch.setattr(dual_attention, "BACKWARD_BLOCK_ELEMENTS", 0)
     torch.manual_seed(0)
     tensors = [torch.randn(batch, positions, width, dtype=torch.float64, requires_grad=True) for width in (qk, qk, v)]
     assert torch.autograd.gradcheck(PositionAttentionProduct.apply, tuple(tensors))
 
 
-def test_training_product_equals_softmax_reference_in_fp32():
-    """softmax(q k^T) v and its gradients, fp32, N = 1000 positions (8 query chunks), within 1e-4 of the plain form."""
+@pytest.mark.parametrize("block_elements", [0, dual_attention.BACKWARD_BLOCK_ELEMENTS])
+def test_training_product_equals_softmax_reference_in_fp32(block_elements, monkeypatch):
+    """softmax(q k^T) v and its gradients, fp32, N = 1000 positions (8 query chunks of the minimum 128, or one block
+    of the default budget), within 1e-4 of the plain form."""
+    monkeypatch.setattr(dual_attention, "BACKWARD_BLOCK_ELEMENTS", block_elements)
+    assert dual_attention.backward_query_chunk(1000) == (128 if block_elements == 0 else 1048)
+    if block_elements:  # the default budget: 512 queries at the bundle's 2048 positions, the minimum from 8192 on
+        assert dual_attention.backward_query_chunk(2048) == 512 and dual_attention.backward_query_chunk(32**3) == 128
     torch.manual_seed(0)
     q, k = (torch.randn(2, 1000, 8, requires_grad=True) for _ in range(2))
     v = torch.randn(2, 1000, 64, requires_grad=True)

@@ -11,6 +11,15 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 BACKWARD_QUERY_CHUNK = 128
+BACKWARD_BLOCK_ELEMENTS = 1 << 20
+
+
+def backward_query_chunk(positions: int) -> int:
+    """Queries per block of :class:`PositionAttentionProduct`'s backward: at least :data:`BACKWARD_QUERY_CHUNK`,
+    more while a block stays within :data:`BACKWARD_BLOCK_ELEMENTS` scores per sample (4 MiB in fp32). Fewer,
+    larger blocks mean fewer kernel launches (each a parallel region, costly on a loaded machine), and memory stays
+    ``O(N)``: from 8192 positions on, blocks are the minimum 128 queries."""
+    return max(BACKWARD_QUERY_CHUNK, BACKWARD_BLOCK_ELEMENTS // max(positions, 1))
 
 
 class PositionAttentionProduct(torch.autograd.Function):
@@ -18,8 +27,8 @@ class PositionAttentionProduct(torch.autograd.Function):
 
     ``q`` and ``k`` are ``(B, N, d)``, ``v`` is ``(B, N, C)`` with ``d <= C``; the result is ``(B, N, C)``.
     Forward: ``q``/``k`` zero-padded to ``C`` (zero channels leave ``q k^T`` unchanged) through the fused CPU
-    kernel, which also returns each query's log-sum-exp. Backward: over chunks of
-    :data:`BACKWARD_QUERY_CHUNK` queries, recompute the probabilities from the saved log-sum-exp and form
+    kernel, which also returns each query's log-sum-exp. Backward: over chunks of :func:`backward_query_chunk`
+    queries (128 from 8192 positions on), recompute the probabilities from the saved log-sum-exp and form
     ``dv``, ``dq``, ``dk`` with plain matmuls at ``q``/``k``'s own width; memory is ``O(chunk x N)``, never
     ``N x N``. PyTorch 2.13's fused CPU backward took 12 s per call at 24^3 positions with two threads (about 1.5 s
     with one), this one ~0.5 s (``benchmarks/position_attention.py``). Not twice differentiable.
@@ -48,8 +57,9 @@ class PositionAttentionProduct(torch.autograd.Function):
         grad_v = torch.zeros_like(v)
         delta = (grad_out * out).sum(-1)  # rowsum(dO * O) = rowsum(P * dP): the softmax backward's shift
         k_t, v_t = k.transpose(1, 2), v.transpose(1, 2)
-        for start in range(0, q.shape[1], BACKWARD_QUERY_CHUNK):
-            rows = slice(start, start + BACKWARD_QUERY_CHUNK)
+        chunk = backward_query_chunk(k.shape[1])
+        for start in range(0, q.shape[1], chunk):
+            rows = slice(start, start + chunk)
             probs = torch.bmm(q[:, rows], k_t).sub_(logsumexp[:, rows, None]).exp_()  # (B, chunk, N)
             grad_v.baddbmm_(probs.transpose(1, 2), grad_out[:, rows])
             grad_scores = torch.bmm(grad_out[:, rows], v_t).sub_(delta[:, rows, None]).mul_(probs)
