@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
@@ -93,13 +95,14 @@ def stackable_dice_ce(loss: nn.Module, predictions: list[torch.Tensor], target: 
 def stacked_dice_ce(loss: DiceCELoss, predictions: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     """``torch.stack([loss(p, target) for p in predictions])`` (fp32) in one pass over all predictions.
 
-    ``loss`` must pass :func:`stackable_dice_ce`. The label map is one-hot counted once; the predictions share one
-    log-softmax, whose exponent gives the softmax, and the true class's (log-)probability is gathered instead of
-    multiplying by a one-hot map. MONAI's formulas: ``tp = sum(p * y)``, ``fp = sum(p) - tp``, ``fn = sum(y) - tp``
-    over the spatial axes, Dice ``1 - (2 tp + smooth_nr) / (2 (tp + fp / 2 + fn / 2) + smooth_dr)`` averaged over
-    samples and classes (background dropped if so set), cross-entropy averaged over voxels. Predictions that are
-    consecutive batch chunks of one contiguous tensor (``MultiScaleGuidedAttentionNet``'s training outputs) are
-    read in place; others are stacked first.
+    ``loss`` must pass :func:`stackable_dice_ce`. MONAI's formulas: ``tp = sum(p * y)``, ``fp = sum(p) - tp``,
+    ``fn = sum(y) - tp`` over the spatial axes, Dice ``1 - (2 tp + smooth_nr) / (2 (tp + fp / 2 + fn / 2) +
+    smooth_dr)`` averaged over samples and classes (background dropped if so set), cross-entropy averaged over
+    voxels. Computed by :class:`_StackedDiceCE`: one log-softmax whose exponent is the softmax, the true class's
+    (log-)probability gathered instead of a one-hot product, the label map counted once, and a closed-form backward
+    (two passes over the predictions instead of autograd's nine). Predictions that are consecutive batch chunks of
+    one contiguous tensor (``MultiScaleGuidedAttentionNet``'s training outputs) are read in place; others are
+    stacked first.
     """
     n = len(predictions)
     batch, classes = predictions[0].shape[:2]
@@ -108,20 +111,73 @@ def stacked_dice_ce(loss: DiceCELoss, predictions: list[torch.Tensor], target: t
         stacked = torch.cat([p.float() for p in predictions], dim=0)
     logits = stacked.float().reshape(n, batch, classes, -1)
     labels = target.reshape(batch, 1, -1).long()
-    log_probs = torch.log_softmax(logits, dim=2)
-    probs = log_probs.exp()
-    index = labels.unsqueeze(0).expand(n, batch, 1, labels.shape[-1])
-    true_log_probs = log_probs.gather(2, index)  # (n, B, 1, voxels)
-    tp = logits.new_zeros(n, batch, classes).scatter_add_(2, index[:, :, 0], true_log_probs[:, :, 0].exp())
-    with torch.no_grad():
+    dice = loss.dice
+    return _StackedDiceCE.apply(
+        logits,
+        labels,
+        dice.include_background,
+        float(dice.smooth_nr),
+        float(dice.smooth_dr),
+        float(loss.lambda_dice),
+        float(loss.lambda_ce),
+    )
+
+
+class _StackedDiceCE(torch.autograd.Function):
+    """Per-prediction DiceCE of ``logits`` ``(n, B, C, voxels)`` against ``labels`` ``(B, 1, voxels)``; returns
+    ``(n,)``. Backward in closed form: with ``s`` the softmax, ``a_c = dL/d(sum_v s_c)`` and ``b_c = dL/d tp_c``
+    per sample and class and ``g`` the cross-entropy's weight per voxel,
+    ``dL/dx_c = s_c (a_c + g - sum_k s_k a_k - s_y b_y) + [c = y] (s_y b_y - g)``."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        include_background: bool,
+        smooth_nr: float,
+        smooth_dr: float,
+        lambda_dice: float,
+        lambda_ce: float,
+    ) -> torch.Tensor:
+        n, batch, classes, voxels = logits.shape
+        index = labels.unsqueeze(0).expand(n, batch, 1, voxels)
+        probs = torch.log_softmax(logits, dim=2)
+        true_log_probs = probs.gather(2, index)  # (n, B, 1, voxels)
+        probs.exp_()
+        true_probs = true_log_probs.exp()
+        tp = logits.new_zeros(n, batch, classes).scatter_add_(2, index[:, :, 0], true_probs[:, :, 0])
         ground = logits.new_zeros(batch, classes).scatter_add_(1, labels[:, 0], logits.new_ones(labels[:, 0].shape))
-    pred = probs.sum(dim=-1)
-    if not loss.dice.include_background:
-        tp, pred, ground = tp[..., 1:], pred[..., 1:], ground[..., 1:]
-    fp, fn = pred - tp, ground - tp
-    dice = 1 - (2 * tp + loss.dice.smooth_nr) / (2 * (tp + 0.5 * fp + 0.5 * fn) + loss.dice.smooth_dr)
-    cross_entropy = -true_log_probs.mean(dim=(1, 2, 3))
-    return loss.lambda_dice * dice.mean(dim=(1, 2)) + loss.lambda_ce * cross_entropy
+        pred = probs.sum(dim=-1)
+        first = 0 if include_background else 1
+        tp_k, pred_k, ground_k = tp[..., first:], pred[..., first:], ground[..., first:]
+        fp, fn = pred_k - tp_k, ground_k - tp_k
+        numerator = 2 * tp_k + smooth_nr
+        denominator = 2 * (tp_k + 0.5 * fp + 0.5 * fn) + smooth_dr
+        dice = (1 - numerator / denominator).mean(dim=(1, 2))
+        cross_entropy = -true_log_probs.mean(dim=(1, 2, 3))
+        ctx.save_for_backward(probs, index, true_probs, numerator, denominator)
+        ctx.first, ctx.lambda_dice, ctx.lambda_ce = first, lambda_dice, lambda_ce
+        return lambda_dice * dice + lambda_ce * cross_entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_values: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        probs, index, true_probs, numerator, denominator = ctx.saved_tensors
+        n, batch, classes, voxels = probs.shape
+        first = ctx.first
+        dice_scale = (grad_values * ctx.lambda_dice / (batch * (classes - first))).view(n, 1, 1)
+        ce_scale = (grad_values * ctx.lambda_ce / (batch * voxels)).view(n, 1, 1, 1)
+        a = probs.new_zeros(n, batch, classes)
+        b = probs.new_zeros(n, batch, classes)
+        a[..., first:] = dice_scale * numerator / denominator.square()  # d(1 - N / D) / d pred, D = pred + ...
+        b[..., first:] = -2 * dice_scale / denominator  # d(1 - N / D) / d tp (tp's share of D cancels)
+        b_true = b.gather(2, index[:, :, 0]).unsqueeze(2) * true_probs  # s_y b_y, (n, B, 1, voxels)
+        shift = torch.matmul(a.unsqueeze(2), probs)  # sum_k s_k a_k, (n, B, 1, voxels)
+        shift.add_(b_true)
+        grad = (a.unsqueeze(-1) + ce_scale).sub(shift).mul_(probs)
+        grad.scatter_add_(2, index, b_true - ce_scale)
+        return grad, None, None, None, None, None, None
 
 
 def _consecutive_chunks(tensors: list[torch.Tensor]) -> torch.Tensor | None:
