@@ -264,7 +264,7 @@ def export(
     weights = weights_of(bundle, checkpoint, spec)
     default = {"onnx": "model.onnx", "openvino-int8": "model_int8.xml"}.get(fmt, "model.ts")
     target = Path(output) if output else bundle / "models" / default
-    if resume and target.is_file() and (fmt != "openvino-int8" or target.with_suffix(".bin").is_file()):
+    if resume and target.is_file() and (fmt != "openvino-int8" or _current_int8(target)):
         print(f"kept {target} (--continue)")
         return target
     if fmt == "openvino-int8":
@@ -367,6 +367,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides["output_dir"] = str(Path(args.output).resolve())
     evaluate(args.bundle, overrides, multi_gpu=args.multi_gpu, quiet=_verbosity(args) < VERBOSE)
     return 0
+
+
+def _current_int8(xml: Path) -> bool:
+    """True when the INT8 IR at ``xml`` is whole (its ``.bin`` beside it) and made with today's recipe (an older one
+    is exported again by ``--continue``)."""
+    if not xml.with_suffix(".bin").is_file():
+        return False
+    import openvino as ov
+
+    from medattn3d.engine.quantize import outdated_recipe
+
+    reason = outdated_recipe(ov.Core().read_model(str(xml)))
+    if reason is not None:
+        print(f"exporting {xml} again: made with an older recipe ({reason})")
+    return reason is None
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

@@ -292,7 +292,14 @@ class IRNetwork(nn.Module):
 
 def warn_if_stale(model: Any, path: Path) -> None:
     """Warn (one line) when the weights an IR was exported from have changed since (the bundle was trained again):
-    the IR still holds the old network. Export records the weights' path, size and mtime in the IR's rt_info."""
+    the IR still holds the old network. Export records the weights' path, size and mtime in the IR's rt_info. Also
+    when the IR was made with an older quantization recipe (:func:`medattn3d.engine.quantize.outdated_recipe`)."""
+    from medattn3d.engine.quantize import outdated_recipe  # reads rt_info only: no nncf import
+
+    reason = outdated_recipe(model)
+    if reason is not None:
+        command = INT8_EXPORT.format(bundle=bundle_of(path))
+        warnings.warn(f"{path}: INT8 model of an older recipe ({reason}); run `{command}` again", stacklevel=3)
     if not model.has_rt_info(["medattn3d", "weights_stamp"]):
         return
     weights = Path(str(model.get_rt_info(["medattn3d", "weights"]).astype(str)))
