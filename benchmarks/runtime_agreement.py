@@ -4,27 +4,33 @@ sliding-window inferer:
 
     .venv/bin/python benchmarks/runtime_agreement.py --json benchmarks/results/runtime_agreement.json
 
-Rows: PyTorch fp32, PyTorch as the bundle runs it (bf16 weights, BN folded, channels-last: "the PyTorch path"),
-OpenVINO with the bf16 hint and in f32, and the INT8 model (``medattn3d export --format openvino-int8``, exported
-here into a temporary folder from the same weights, calibrated on ``--calibration-patches`` training patches) with
-the bf16 and f32 hints for its layers left in floating point. For each: argmax agreement with the PyTorch path and
-with PyTorch fp32 over every voxel of every validation volume (network space), the largest softmax-probability
-difference, Dice per class against the truth (MONAI ``DiceMetric``, background excluded, mean over volumes), and
-the median seconds per volume (network + sliding window; preprocessing is the same for all and left out) with the
-speed-up over the PyTorch path, and GFLOP/s: the network's GFLOP per window (``common.network_gflop``) times the
-volumes' mean window count, per second, next to the fp32/bf16 matmul peaks measured at the start of the run.
-Targets (issue 12): agreement >= 0.999; INT8 Dice within 0.005 of fp32 per class.
+Rows: PyTorch fp32, PyTorch as the bundle runs it (bf16 weights, BN folded, channels-last: "the PyTorch path"), OpenVINO
+with the bf16 hint and in f32, and the INT8 model (``medattn3d export --format openvino-int8``, exported here into a
+temporary folder from the same weights, calibrated on ``--calibration-patches`` training patches drawn with
+``--calibration-seed``) with the bf16 and f32 hints for its layers left in floating point, and for comparison the same
+export with every convolution in int8 (the recipe before the first and head convolutions were kept in float). For each:
+argmax agreement with the PyTorch path and with PyTorch fp32 over every voxel of every validation volume (network
+space), the largest softmax-probability difference, Dice per class against the truth (MONAI ``DiceMetric``, background
+excluded, mean over volumes, and per volume), the voxels whose argmax differs from PyTorch fp32 per volume (all classes,
+and those entering or leaving each class), and the median seconds per volume (network + sliding window; preprocessing is
+the same for all and left out) with the speed-up over the PyTorch path and over OpenVINO bf16 (median of the per-round
+ratios), and GFLOP/s: the network's GFLOP per window (``common.network_gflop``) times the volumes' mean window count,
+per second, next to the fp32/bf16 matmul peaks measured at the start of the run. Targets (issue 12): agreement >= 0.999;
+INT8 Dice within 0.005 of fp32 per class.
 
 Predictions are compared in this process; each runtime is then timed in a fresh process of its own (medians of
-``--repeats`` passes over the volumes after a warm-up), so one runtime's thread pool (OpenVINO's TBB workers, PyTorch's
-OpenMP threads) never spins against another's. On a shared machine timings are still noisy: compare the ratios of
-one run, not figures across runs.
+``--repeats`` passes over the volumes after a warm-up), in ``--rounds`` alternating rounds (every runtime once per
+round, so a change of load hits a round's runtimes alike), so one runtime's thread pool (OpenVINO's TBB workers,
+PyTorch's OpenMP threads) never spins against another's. On a shared machine timings are still noisy: compare the ratios
+of one run, not figures across runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +53,7 @@ from common import (
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "PyTorch (bundle path)"
+ALL_INT8 = "OpenVINO INT8 (bf16 hint), every convolution in int8"
 RUNTIMES = (  # (row name, runtime, precision)
     ("PyTorch fp32", "torch", "fp32"),
     (REFERENCE, "torch", "auto"),
@@ -54,6 +61,7 @@ RUNTIMES = (  # (row name, runtime, precision)
     ("OpenVINO f32", "openvino", "fp32"),
     ("OpenVINO INT8 (bf16 hint)", "openvino-int8", "bf16"),
     ("OpenVINO INT8 (f32 hint)", "openvino-int8", "fp32"),
+    (ALL_INT8, "openvino-int8", "bf16"),
 )
 
 
@@ -123,14 +131,30 @@ def time_case(case: dict[str, Any]) -> dict[str, float]:
 
 def dice_per_class(logits: list[torch.Tensor], cases: list[dict], num_classes: int) -> list[float]:
     """Mean Dice over the cases per foreground class (MONAI ``DiceMetric``, as the bundle's validation computes)."""
+    return [float(v) for v in dice_per_volume(logits, cases, num_classes).nanmean(0)]
+
+
+def dice_per_volume(logits: list[torch.Tensor], cases: list[dict], num_classes: int) -> torch.Tensor:
+    """Dice per volume and foreground class, ``(volumes, classes - 1)`` (MONAI ``DiceMetric``; NaN where a class is
+    absent from both truth and prediction, left out of the mean as ``DiceMetric`` does)."""
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
-    metric = DiceMetric(include_background=False, reduction="mean_batch")
+    metric = DiceMetric(include_background=False, reduction="none")
     for out, case in zip(logits, cases, strict=True):
         pred = one_hot(out.argmax(0, keepdim=True)[None], num_classes)
         metric(pred, one_hot(case["label"][None].long(), num_classes))
-    return [float(v) for v in metric.aggregate()]
+    return metric.aggregate()
+
+
+def flips(logits: list[torch.Tensor], reference: list[torch.Tensor], num_classes: int) -> dict[str, list[int]]:
+    """Per volume: voxels whose argmax differs from ``reference`` (``"all"``), and per class those that enter or leave
+    it (what moves that class's Dice)."""
+    labels = [(a.argmax(0), b.argmax(0)) for a, b in zip(logits, reference, strict=True)]
+    counts = {"all": [int((a != b).sum()) for a, b in labels]}
+    for c in range(1, num_classes):
+        counts[str(c)] = [int(((a == c) != (b == c)).sum()) for a, b in labels]
+    return counts
 
 
 def gflop_per_volume(bundle: Path, parser: Any, cases: list[dict]) -> tuple[float, list[int]]:
@@ -159,7 +183,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=str(ROOT / "bundles" / "attention_unet_3d"))
     parser.add_argument("--calibration-patches", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes over the volumes per runtime")
+    parser.add_argument("--calibration-seed", type=int, default=0, help="seed of the calibration patches' draw")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes over the volumes per runtime and round")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating timing rounds, every runtime once per round")
     parser.add_argument("--ir", help="an existing INT8 model_int8.xml of these weights (default: export one here)")
     parser.add_argument("--json")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -178,6 +204,7 @@ def main() -> int:
             f"error: {weights}: no trained weights; run `medattn3d demo` (or `medattn3d train`) first", file=sys.stderr
         )
         return 2
+    load_start = os.getloadavg()
     peaks = matmul_peaks()
     tune_cpu_allocator()
     config, cases, names = bundle_parts(bundle)
@@ -186,26 +213,45 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         export_s = None
         ir_path = Path(args.ir) if args.ir else Path(tmp) / "model_int8.xml"
+        all_int8_path = Path(tmp) / "all_int8" / "model_int8.xml"
+        seed = args.calibration_seed
         if not args.ir:
             start = time.perf_counter()
-            export_int8(bundle, weights, ir_path, args.calibration_patches)
+            export_int8(bundle, weights, ir_path, args.calibration_patches, seed=seed)
             export_s = time.perf_counter() - start
+        all_int8_path.parent.mkdir()
+        export_int8(bundle, weights, all_int8_path, args.calibration_patches, seed=seed, keep_float=())
+        irs = {name: str(all_int8_path if name == ALL_INT8 else ir_path) for name, _, _ in RUNTIMES}
         outputs, runs, rows = {}, {}, []
         for name, runtime, precision in RUNTIMES:
             runs[name] = (
-                runtime_network(bundle, weights, runtime, precision, ir_path),
+                runtime_network(bundle, weights, runtime, precision, Path(irs[name])),
                 inferer_for(config, precision, runtime),
             )
             outputs[name] = predict(*runs[name], cases)
             dice = dice_per_class(outputs[name], cases, num_classes)
-            rows.append({"runtime": name, "dice": dict(zip(list(names.values())[1:], dice, strict=True))})
+            per_volume = dice_per_volume(outputs[name], cases, num_classes).T.tolist()
+            rows.append(
+                {
+                    "runtime": name,
+                    "dice": dict(zip(list(names.values())[1:], dice, strict=True)),
+                    "dice_per_volume": dict(zip(list(names.values())[1:], per_volume, strict=True)),
+                }
+            )
             print(f"{name}: mean Dice {sum(dice) / len(dice):.4f}", flush=True)
         del runs  # free the networks (and their runtimes' threads) before timing in fresh processes
-        for row, (_, runtime, precision) in zip(rows, RUNTIMES, strict=True):
-            case = {"bundle": str(bundle), "weights": str(weights), "runtime": runtime, "precision": precision}
-            row.update(run_case_in_subprocess(__file__, {**case, "ir": str(ir_path), "repeats": args.repeats}))
-            print(f"{row['runtime']}: {row['median_s_per_volume']:.3f} s per volume", flush=True)
+        timings: dict[str, list[float]] = {row["runtime"]: [] for row in rows}
+        for round_ in range(args.rounds):
+            for row, (_, runtime, precision) in zip(rows, RUNTIMES, strict=True):
+                case = {"bundle": str(bundle), "weights": str(weights), "runtime": runtime, "precision": precision}
+                case = {**case, "ir": irs[row["runtime"]], "repeats": args.repeats}
+                timings[row["runtime"]].append(run_case_in_subprocess(__file__, case)["median_s_per_volume"])
+                print(f"round {round_ + 1}, {row['runtime']}: {timings[row['runtime']][-1]:.3f} s per volume")
+        for row in rows:
+            row["round_s_per_volume"] = timings[row["runtime"]]
+            row["median_s_per_volume"] = statistics.median(timings[row["runtime"]])
     reference_s = next(r["median_s_per_volume"] for r in rows if r["runtime"] == REFERENCE)
+    openvino_rounds = timings["OpenVINO bf16 hint"]
     fp32 = next(r for r in rows if r["runtime"] == "PyTorch fp32")
     for row in rows:
         vs_path, vs_fp32 = (
@@ -219,7 +265,15 @@ def main() -> int:
                 "agreement_vs_fp32": vs_fp32["agreement"],
                 "max_prob_diff_vs_fp32": vs_fp32["max_prob_diff"],
                 "speedup_vs_pytorch_path": reference_s / row["median_s_per_volume"],
+                "speedup_vs_openvino_bf16": statistics.median(
+                    a / b for a, b in zip(openvino_rounds, row["round_s_per_volume"], strict=True)
+                ),
+                "dice_delta_vs_fp32": {c: row["dice"][c] - fp32["dice"][c] for c in row["dice"]},
                 "max_dice_delta_vs_fp32": max(abs(row["dice"][c] - fp32["dice"][c]) for c in row["dice"]),
+                "flips_vs_fp32_per_volume": {
+                    names.get(k, k): v
+                    for k, v in flips(outputs[row["runtime"]], outputs["PyTorch fp32"], num_classes).items()
+                },
                 "mean_dice": sum(row["dice"].values()) / len(row["dice"]),
             }
         )
@@ -231,6 +285,7 @@ def main() -> int:
             "median_s_per_volume",
             "gflop_per_s",
             "speedup_vs_pytorch_path",
+            "speedup_vs_openvino_bf16",
             "agreement_vs_pytorch_path",
             "max_prob_diff_vs_pytorch_path",
             "mean_dice",
@@ -262,7 +317,14 @@ def main() -> int:
             "gflop_per_volume": volume_gflop,
             "int8_export_s": export_s,
             "calibration_patches": args.calibration_patches,
+            "calibration_seed": args.calibration_seed,
+            "truth_voxels_per_volume": {
+                names[str(c)]: [int((case["label"] == c).sum()) for case in cases] for c in range(1, num_classes)
+            },
             "repeats": args.repeats,
+            "rounds": args.rounds,
+            "load_start": load_start,
+            "load_end": os.getloadavg(),
             "rows": rows,
             "targets": targets,
             "note": "each runtime timed in its own process; shared machine, timings noisy: compare ratios",
