@@ -373,3 +373,18 @@ def test_linear_interpolation_matrix_is_interpolate(n_in, n_out):
     x = torch.randn(3, 2, n_in)
     expected = F.interpolate(x, size=n_out, mode="linear", align_corners=False)
     assert torch.allclose(x @ _linear_interpolation_matrix(n_in, n_out, x.device).t(), expected, atol=1e-6)
+
+
+def test_encoder_stem_runs_in_fp32_under_bf16_autocast():
+    """With one input channel the stem convolution runs in fp32 under CPU autocast (bf16 kernels are slower there)
+    and hands on its bf16 rounding, as a bf16 convolution would hand on bf16."""
+    torch.manual_seed(0)
+    encoder = ResNetEncoder(3, 1, "resnet10", (8, 8, 16, 16)).train()
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stem = encoder._stem(x)
+        features = encoder(x)
+    assert stem.dtype == torch.bfloat16 and features[0].dtype == torch.bfloat16
+    assert torch.equal(stem, encoder.resnet.conv1(x).to(torch.bfloat16))
+    sum(f.float().sum() for f in features).backward()
+    assert encoder.resnet.conv1.weight.grad is not None and encoder.resnet.conv1.weight.grad.dtype == torch.float32
