@@ -192,4 +192,6 @@ def _consecutive_chunks(tensors: list[torch.Tensor]) -> torch.Tensor | None:
         same = t._base is base and t.is_contiguous() and t.shape == first.shape and t.dtype == first.dtype
         if not same or t.data_ptr() != base.data_ptr() + i * step:
             return None
-    return base.reshape(-1)[: first.numel() * len(tensors)]
+    flat = base.reshape(-1)
+    count = first.numel() * len(tensors)
+    return flat if flat.numel() == count else flat[:count]  # a slice's backward would zero-fill the whole base
