@@ -3,9 +3,11 @@
 ``medattn3d export --bundle B --format openvino-int8`` converts the trained PyTorch network to OpenVINO (one window
 of the bundle's ``roi_size`` with ``in_channels``, dynamic batch axis), calibrates NNCF's post-training quantization
 on patches drawn with the bundle's own training preprocessing (``train#preprocessing`` on ``train#dataset``'s cases,
-seeded), and writes ``models/model_int8.xml`` + ``.bin``; ``--runtime openvino-int8`` then serves that IR
-(:class:`medattn3d.engine.backends.IRNetwork`). Needs ``openvino`` and ``nncf`` (the ``int8`` extra; inference needs
-only ``openvino``). Why opt-in: INT8 trades a little accuracy for speed; benchmarks/int8.py measures both on the demo.
+seeded), keeping the first and the head convolution in floating point (``DEFAULT_FLOAT_LAYERS``; every other
+convolution runs in int8), and writes ``models/model_int8.xml`` + ``.bin``; ``--runtime openvino-int8`` then serves
+that IR (:class:`medattn3d.engine.backends.IRNetwork`). Needs ``openvino`` and ``nncf`` (the ``int8`` extra;
+inference needs only ``openvino``). Why opt-in: INT8 trades a little accuracy for speed; benchmarks/int8.py measures
+the speed, benchmarks/runtime_agreement.py the accuracy on the demo.
 """
 
 from __future__ import annotations
