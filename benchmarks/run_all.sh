@@ -7,7 +7,7 @@
 #
 # Expected minutes on this 2-core VM when quiet (load < 1.5), estimated from round 2's results (the longest ones
 # took 1.5-3x as long under load): runtimes 3, int8 4, runtime_agreement 6, network_step_3d 10, network_step_2d 13,
-# network_step_paired 15, position_attention 5, position_attention_kernels 2, position_attention_backward 2,
+# network_step_paired 15, unet_step 3, unet_step_1thread 3, position_attention 5, position_attention_kernels 2, position_attention_backward 2,
 # whole_volume 5, batch_infer 12, dicom_seg 6, fingerprint 2, pipeline_steps 1, allocator 3, compile 2,
 # conv3d_bf16_gradients 1, precision_accuracy 3, gradcam_vs_attention 3, attention_on_off 20 (9 runs of 120 CPU-s,
 # two at a time; 45 at load ~8). Total about 2 hours.
@@ -45,11 +45,13 @@ bench() {  # bench NAME COMMAND...: run COMMAND if NAME is selected, log load an
 
 echo "=== run_all $(date -u +%FT%TZ) $(nproc) cores" >>"$LOG"
 bench runtimes $PY benchmarks/runtimes.py --json $R/runtimes.json
-bench int8 $PY benchmarks/int8.py --json $R/int8.json
-bench runtime_agreement $PY benchmarks/runtime_agreement.py --json $R/runtime_agreement.json
+bench int8 $PY benchmarks/int8.py --rounds 3 --json $R/int8.json
+bench runtime_agreement $PY benchmarks/runtime_agreement.py --rounds 3 --json $R/runtime_agreement.json
 bench network_step_3d $PY benchmarks/network_step.py --dims 3 --json $R/network_step_3d.json
 bench network_step_2d $PY benchmarks/network_step.py --dims 2 --json $R/network_step_2d.json
 bench network_step_paired $PY benchmarks/network_step.py --paired --json $R/network_step_paired.json
+bench unet_step $PY benchmarks/unet_step.py --threads 2 --json $R/unet_step.json
+bench unet_step_1thread $PY benchmarks/unet_step.py --threads 1 --json $R/unet_step_1thread.json
 bench position_attention $PY benchmarks/position_attention.py --json $R/position_attention.json
 bench position_attention_kernels $PY benchmarks/position_attention.py --kernels --json $R/position_attention_kernels.json
 bench position_attention_backward $PY benchmarks/position_attention.py --backward --json $R/position_attention_backward.json
