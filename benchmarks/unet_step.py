@@ -1,8 +1,7 @@
 """AttentionUNet training step, paired in one process: ours as its bundle trains it vs MONAI's AttentionUnet with bf16
 autocast + channels-last, and ours as before this round (plain ``torch.cat``, oneDNN's weight gradients everywhere).
 
-    .venv/bin/python benchmarks/unet_step.py --threads 2 --json benchmarks/results/unet_step.json
-    .venv/bin/python benchmarks/unet_step.py --threads 1 --json benchmarks/results/unet_step_1thread.json
+    .venv/bin/python benchmarks/unet_step.py --threads 2 --allocator tuned --json benchmarks/results/unet_step.json
 
 The candidates alternate in ``--rounds`` rounds inside one process (each round: the median of ``--repeats`` steps
 per candidate), so load changes on a shared machine hit them alike; every row reports the median and each round's
@@ -12,6 +11,12 @@ batch 1, same network. A step is forward + backward + zeroing the gradients: ``-
 means (as ``network_step.py --paired`` does), ``--loss dicece`` is the bundle's loss (``DeepSupervisionLoss`` of
 ``DiceCELoss`` on every output; MONAI's network, having one output, gets ``DiceCELoss``) on random labels. Ours runs
 through ``PrecisionInferer`` (precision auto, channels-last) exactly as the bundle's trainer does.
+
+``--allocator tuned`` first calls ``medattn3d.engine.tune_cpu_allocator()`` (freed memory stays in malloc's heap),
+which the bundle's ``initialize`` does before training; it applies to every candidate of the process, MONAI's too.
+``default`` leaves glibc's malloc as it is (as ``network_step.py`` does): then every large activation is fresh
+memory faulted in page by page, and with two threads on a loaded machine those faults cost more than the arithmetic
+(96^3 steps of 6-9 s instead of 0.7-0.9 s).
 """
 
 from __future__ import annotations
@@ -127,10 +132,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="steps per candidate per round (median taken)")
     parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
     parser.add_argument("--loss", choices=("mean", "dicece"), default="mean")
+    parser.add_argument(
+        "--allocator",
+        choices=("default", "tuned"),
+        default="default",
+        help="'tuned': medattn3d.engine.tune_cpu_allocator() first, as the bundle's training does (applies to every "
+        "candidate of this process)",
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator == "tuned":
+        from medattn3d.engine import tune_cpu_allocator
+
+        print(f"allocator tuned: {tune_cpu_allocator()}")
     load_start = os.getloadavg()
     peaks = matmul_peaks()
     print(f"matmul peaks: fp32 {peaks['fp32_gflop_per_s']:.0f} GFLOP/s, bf16 {peaks['bf16_gflop_per_s']:.0f} GFLOP/s")
@@ -165,6 +181,7 @@ def main() -> None:
             "machine": machine(),
             "threads": torch.get_num_threads(),
             "loss": args.loss,
+            "allocator": args.allocator,
             "matmul_peaks": peaks,
             "matmul_peaks_end": peaks_end,
             "load_start": load_start,
