@@ -11,14 +11,17 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 BACKWARD_QUERY_CHUNK = 128
-BACKWARD_BLOCK_ELEMENTS = 1 << 20
+BACKWARD_BLOCK_ELEMENTS = 1 << 22
 
 
 def backward_query_chunk(positions: int) -> int:
     """Queries per block of :class:`PositionAttentionProduct`'s backward: at least :data:`BACKWARD_QUERY_CHUNK`,
-    more while a block stays within :data:`BACKWARD_BLOCK_ELEMENTS` scores per sample (4 MiB in fp32). Fewer,
-    larger blocks mean fewer kernel launches (each a parallel region, costly on a loaded machine), and memory stays
-    ``O(N)``: from 8192 positions on, blocks are the minimum 128 queries."""
+    more while a block stays within :data:`BACKWARD_BLOCK_ELEMENTS` scores per sample (16 MiB in fp32): the whole
+    product at the bundle's 2048 positions, 303 queries at 24^3, the minimum 128 (memory ``O(128 N)``) from 2^15
+    positions on. Fewer blocks mean fewer kernel launches, each a parallel region whose barrier stalls when other
+    jobs load the machine (128-query blocks made ~5000 per step at 24^3); much larger blocks leave the cache (2^24
+    scores per block ran 1.7x slower than 2^20 at 24^3 on a quiet moment, two threads; 2^22 was the fastest of
+    2^20-2^22 under load, at 24^3 and at 2048 positions)."""
     return max(BACKWARD_QUERY_CHUNK, BACKWARD_BLOCK_ELEMENTS // max(positions, 1))
 
 
@@ -28,7 +31,7 @@ class PositionAttentionProduct(torch.autograd.Function):
     ``q`` and ``k`` are ``(B, N, d)``, ``v`` is ``(B, N, C)`` with ``d <= C``; the result is ``(B, N, C)``.
     Forward: ``q``/``k`` zero-padded to ``C`` (zero channels leave ``q k^T`` unchanged) through the fused CPU
     kernel, which also returns each query's log-sum-exp. Backward: over chunks of :func:`backward_query_chunk`
-    queries (128 from 8192 positions on), recompute the probabilities from the saved log-sum-exp and form
+    queries (at most 2^22 scores per sample), recompute the probabilities from the saved log-sum-exp and form
     ``dv``, ``dq``, ``dk`` with plain matmuls at ``q``/``k``'s own width; memory is ``O(chunk x N)``, never
     ``N x N``. PyTorch 2.13's fused CPU backward took 12 s per call at 24^3 positions with two threads (about 1.5 s
     with one), this one ~0.5 s (``benchmarks/position_attention.py``). Not twice differentiable.
