@@ -50,8 +50,8 @@ bench runtime_agreement $PY benchmarks/runtime_agreement.py --rounds 3 --json $R
 bench network_step_3d $PY benchmarks/network_step.py --dims 3 --json $R/network_step_3d.json
 bench network_step_2d $PY benchmarks/network_step.py --dims 2 --json $R/network_step_2d.json
 bench network_step_paired $PY benchmarks/network_step.py --paired --json $R/network_step_paired.json
-bench unet_step $PY benchmarks/unet_step.py --threads 2 --json $R/unet_step.json
-bench unet_step_1thread $PY benchmarks/unet_step.py --threads 1 --json $R/unet_step_1thread.json
+bench unet_step $PY benchmarks/unet_step.py --threads 2 --allocator tuned --json $R/unet_step.json
+bench unet_step_1thread $PY benchmarks/unet_step.py --threads 1 --allocator tuned --json $R/unet_step_1thread.json
 bench position_attention $PY benchmarks/position_attention.py --json $R/position_attention.json
 bench position_attention_kernels $PY benchmarks/position_attention.py --kernels --json $R/position_attention_kernels.json
 bench position_attention_backward $PY benchmarks/position_attention.py --backward --json $R/position_attention_backward.json
