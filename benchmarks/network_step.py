@@ -366,6 +366,13 @@ def main() -> None:
         choices=["mean", "bundle"],
         help="--paired training loss: 'mean' of the outputs and/or each network's real 'bundle' loss (see above)",
     )
+    parser.add_argument(
+        "--allocator",
+        choices=["default", "tuned"],
+        default="default",
+        help="--paired: 'tuned' applies medattn3d.engine.tune_cpu_allocator() first, as every bundle's training does "
+        "(for every candidate of the process alike)",
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -375,6 +382,10 @@ def main() -> None:
     size = args.size or (96 if args.dims == 3 else 512)
     if args.paired and args.threads:
         torch.set_num_threads(args.threads)
+    if args.paired and args.allocator == "tuned":
+        from medattn3d.engine import tune_cpu_allocator
+
+        print(f"allocator tuned: {tune_cpu_allocator()}")
     peaks = matmul_peaks()
     print(f"matmul peaks: fp32 {peaks['fp32_gflop_per_s']:.0f} GFLOP/s, bf16 {peaks['bf16_gflop_per_s']:.0f} GFLOP/s")
     if args.paired:
@@ -383,6 +394,7 @@ def main() -> None:
         print(f"\n3D, {args.rounds} alternating rounds in one process, {machine()}")
         print_table(rows, ["mode", "shape", "loss", "net", "median_s", "speedup_vs_reference", "gflop", "gflop_per_s"])
         payload = {"benchmark": "network_step_paired", "machine": machine(), "matmul_peaks": peaks, "rows": rows}
+        payload["allocator"] = args.allocator
         write_json(args.json, payload)
         return
     rows = []
