@@ -49,7 +49,8 @@ bench int8 $PY benchmarks/int8.py --rounds 3 --json $R/int8.json
 bench runtime_agreement $PY benchmarks/runtime_agreement.py --rounds 3 --json $R/runtime_agreement.json
 bench network_step_3d $PY benchmarks/network_step.py --dims 3 --json $R/network_step_3d.json
 bench network_step_2d $PY benchmarks/network_step.py --dims 2 --json $R/network_step_2d.json
-bench network_step_paired $PY benchmarks/network_step.py --paired --json $R/network_step_paired.json
+bench network_step_paired $PY benchmarks/network_step.py --paired --modes train infer --train-shapes bundle 96 --loss mean bundle --allocator tuned --json $R/network_step_paired.json
+bench network_step_paired_1thread $PY benchmarks/network_step.py --paired --threads 1 --rounds 3 --repeats 2 --modes train infer --train-shapes bundle 96 --loss mean bundle --allocator tuned --json $R/network_step_paired_1thread.json
 bench unet_step $PY benchmarks/unet_step.py --threads 2 --allocator tuned --json $R/unet_step.json
 bench unet_step_1thread $PY benchmarks/unet_step.py --threads 1 --allocator tuned --json $R/unet_step_1thread.json
 bench position_attention $PY benchmarks/position_attention.py --json $R/position_attention.json
