@@ -252,6 +252,22 @@ def runtimes(data: dict) -> str:
     return render(data, columns, intro=f"Input {' x '.join(map(str, data['shape']))}, seconds per window.")
 
 
+def int8(data: dict) -> str:
+    """``int8.py``: cases in alternating rounds, each against the PyTorch path and OpenVINO bf16 (the bundles')."""
+    columns: list[Column] = [
+        ("case", "case", None),
+        ("median s", "median_s", 3),
+        ("vs the PyTorch path", _speedup("speed_vs_bundle_path"), None),
+        ("vs OpenVINO bf16", _speedup("speed_vs_openvino_bf16"), None),
+        (
+            "per-round ratios vs OpenVINO bf16",
+            lambda r: ", ".join(f"{v:.2f}" for v in r.get("round_ratios_vs_openvino_bf16", [])),
+            None,
+        ),
+    ]
+    return render(data, columns, intro=f"Input {' x '.join(map(str, data['shape']))}, seconds per window.")
+
+
 def runtime_agreement(data: dict) -> str:
     columns: list[Column] = [
         ("runtime", "runtime", None),
@@ -315,7 +331,7 @@ def generic(data: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "runtimes": runtimes,
-    "int8": runtimes,
+    "int8": int8,
     "runtime_agreement": runtime_agreement,
     "network_step_3d": network_step,
     "network_step_2d": network_step,
