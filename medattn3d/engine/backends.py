@@ -7,8 +7,11 @@ with a dynamic batch axis (the last sliding-window batch may be smaller), and re
 tensor. Conversion goes straight from the PyTorch module (OpenVINO's ``convert_model``; ``torch.onnx.export`` for
 ONNX Runtime). Converting to OpenVINO takes seconds (more than a whole volume's inference), so the converted model is
 cached on disk as OpenVINO IR, keyed by a hash of the network (its class, structure and weights), the input shape and
-the OpenVINO version, together with OpenVINO's compiled-model cache: only the first run of a set of weights pays
-for the conversion (:func:`openvino_cache_dir`). Inference only: training and attention maps stay in PyTorch.
+the OpenVINO version: only the first run of a set of weights pays for the conversion (:func:`openvino_cache_dir`).
+Compiling the cached IR for the CPU takes a fraction of a second and is done by every run: OpenVINO's own
+compiled-model cache is not used, since its blobs are written in place and a process that maps one while another is
+still writing it dies of SIGBUS (seen with two ``torchrun`` ranks). Inference only: training and attention maps
+stay in PyTorch.
 
 The ``"openvino-int8"`` runtime is the exception: it serves an INT8 model quantized ahead of time
 (``medattn3d export --format openvino-int8``, :mod:`medattn3d.engine.quantize`) from its OpenVINO IR on disk,
@@ -117,16 +120,27 @@ def _compile_openvino(network: nn.Module, example: torch.Tensor, precision: str,
     cache = openvino_cache_dir()
     if cache is not None:
         xml = cache / network_fingerprint(network, example) / "model.xml"
-        if xml.is_file() and xml.with_suffix(".bin").is_file():
-            try:
-                return _compile_for_cpu(str(xml), precision, example.device, threads, cache)
-            except RuntimeError as err:  # a damaged entry (truncated .bin, edited .xml): rebuild it
-                LOGGER.warning("the cached OpenVINO model %s is unreadable (%s); converting again", xml.parent, err)
-        shutil.rmtree(xml.parent, ignore_errors=True)  # an incomplete or damaged entry would block the new one
+        if xml.parent.exists():  # entries appear whole (renamed into place): one found incomplete was damaged
+            if xml.is_file() and xml.with_suffix(".bin").is_file():
+                try:
+                    return _compile_for_cpu(str(xml), precision, example.device, threads)
+                except RuntimeError as err:  # a truncated .bin, an edited .xml
+                    LOGGER.warning("the cached OpenVINO model %s is unreadable (%s); converting again", xml.parent, err)
+            _discard(xml.parent)  # it would block the new entry's rename
     LOGGER.info("converting the network for OpenVINO (once per set of weights and window)")
     model = _convert_openvino(network, example)
     source = model if cache is None else _save_ir(model, xml)
-    return _compile_for_cpu(source, precision, example.device, threads, cache)
+    return _compile_for_cpu(source, precision, example.device, threads)
+
+
+def _discard(entry: Path) -> None:
+    """Remove a cache entry: renamed aside first (atomic), so no other process ever sees it half deleted."""
+    aside = entry.with_name(f".discarded-{entry.name}-{os.getpid()}")
+    try:
+        entry.rename(aside)
+    except OSError:  # already discarded or replaced by another process
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _convert_openvino(network: nn.Module, example: torch.Tensor) -> Any:
@@ -196,20 +210,14 @@ def _save_ir(model: Any, xml: Path) -> Any:
     return str(xml) if xml.is_file() else model
 
 
-def _compile_for_cpu(
-    model: Any, precision: str, device: torch.device, threads: int | None, cache: Path | None = None
-) -> Any:
-    """Compile an OpenVINO model (in memory or an IR path) for the CPU; returns ``array -> first output``. With a
-    ``cache`` folder, OpenVINO keeps the compiled model there too (its own key: model, device, config)."""
+def _compile_for_cpu(model: Any, precision: str, device: torch.device, threads: int | None) -> Any:
+    """Compile an OpenVINO model (in memory or an IR path) for the CPU; returns ``array -> first output``."""
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": openvino_precision_hint(precision, device)}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
-    core = ov.Core()
-    if cache is not None:
-        core.set_property({"CACHE_DIR": str(cache / "compiled")})
-    return OpenVINOServer(core, model, config)
+    return OpenVINOServer(ov.Core(), model, config)
 
 
 class OpenVINOServer:
