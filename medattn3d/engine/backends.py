@@ -224,9 +224,10 @@ class OpenVINOServer:
     """An OpenVINO model compiled for the CPU, called as ``array -> first output``.
 
     One input at a time runs on all cores (the latency hint). A batch (``sw_batch_size`` > 1) runs as one request
-    per input on parallel streams of fewer threads each (the throughput hint, compiled on first use): small
-    convolutions then spend less time synchronising threads, 1.1-1.4x per window on two cores
-    (docs/benchmarks.md). The results are the same network's; only the split of work across cores differs."""
+    per input on parallel streams of fewer threads each (the throughput hint, compiled on first use): no thread
+    waits for another at a layer's end, which is even with one request on free cores and 1.1-1.4x per window when
+    other processes load them (docs/benchmarks.md). The results are the same network's; only the split of work
+    across cores differs."""
 
     def __init__(self, core: Any, model: Any, config: dict[str, str]) -> None:
         self.core, self.model, self.config = core, model, config
