@@ -62,15 +62,22 @@ def group_channel_files(paths: Sequence[Path], channels: int) -> tuple[list[Path
     inputs: list[Path] = []
     groups: dict[Path, list[Path]] = {}
     grouped: set[Path] = set()
+    cases: dict[tuple[Path, str, str], list[Path]] = {}  # (folder, case, suffix) -> channel files, each folder once
+    listed: set[Path] = set()
     for path in paths:
-        match = CHANNEL_FILE.match(path.name) if path.is_file() else None
-        if path in grouped:
-            continue
+        match = CHANNEL_FILE.match(path.name) if path not in grouped and path.is_file() else None
         if match is None:
-            inputs.append(path)
+            if path not in grouped:
+                inputs.append(path)
             continue
+        if path.parent not in listed:
+            listed.add(path.parent)
+            for sibling in path.parent.iterdir():
+                found = CHANNEL_FILE.match(sibling.name)
+                if found and sibling.is_file():
+                    cases.setdefault((path.parent, found["case"], found["suffix"]), []).append(sibling)
         siblings = sorted(
-            (p for p in path.parent.iterdir() if _same_case(p, match["case"], match["suffix"])),
+            cases[(path.parent, match["case"], match["suffix"])],
             key=lambda p: int(CHANNEL_FILE.match(p.name)["channel"]),
         )
         if len(siblings) < 2:
@@ -80,11 +87,6 @@ def group_channel_files(paths: Sequence[Path], channels: int) -> tuple[list[Path
         groups[siblings[0]] = siblings
         grouped.update(siblings)
     return inputs, groups
-
-
-def _same_case(path: Path, case: str, suffix: str) -> bool:
-    match = CHANNEL_FILE.match(path.name)
-    return match is not None and match["case"] == case and match["suffix"] == suffix and path.is_file()
 
 
 def check_case(
