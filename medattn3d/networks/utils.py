@@ -21,6 +21,16 @@ def resize_to(x: torch.Tensor, size: list[int], mode: str) -> torch.Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
+class EagerPathConv:
+    """Mixin for an ``nn.Conv2d``/``nn.Conv3d`` with a faster eager path (``_eager_forward``, marked
+    ``@torch.jit.unused``): TorchScript compiles the plain convolution, eager calls take the fast path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._eager_forward(x)
+
+
 def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
     """``torch.cat(tensors, dim=1)`` whose backward hands each input a gradient in its own dtype and in the memory
     layout of the incoming gradient (channels-last stays channels-last).

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from medattn3d.networks.utils import EagerPathConv
+
 # im2col holds (batch x positions) x (kernel volume x in_channels) values; above this the patch matrix costs more
 # memory traffic than oneDNN's own weight gradient loses (measured: 4-5x faster at 2 x 8 x 8 x 4 and 2 x 4^3
 # positions, 128-256 channels; 4x slower at 2 x 16 x 16 x 8 with 64 channels)
@@ -17,7 +19,7 @@ MAX_GEMM_POSITIONS = 1024
 MAX_GEMM_PATCH_VALUES = 1 << 24
 
 
-class SmallGridConv3d(nn.Conv3d):
+class SmallGridConv3d(EagerPathConv, nn.Conv3d):
     """``nn.Conv3d`` (same parameters, same forward) whose weight gradient, in bf16 training on a small grid, is one
     matrix product of the output gradient with the unfolded input patches.
 
@@ -28,11 +30,6 @@ class SmallGridConv3d(nn.Conv3d):
     is the same sum in another order (fp32 accumulation, as oneDNN's). Only stride 1, dilation 1, one group,
     zero 'same' padding; inputs shallower than the kernel go to ``nn.Conv3d`` (:mod:`medattn3d.engine.conv_guard`).
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return self._conv_forward(x, self.weight, self.bias)
-        return self._eager_forward(x)
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck, get_inplanes, resnet_params
 from torch import nn
 
+from medattn3d.networks.utils import EagerPathConv
+
 RESNET_DEPTHS = tuple(resnet_params)  # resnet10 ... resnet200
 
 
@@ -194,7 +196,7 @@ class ResNetEncoder(nn.Module):
         return out.to(dtype)
 
 
-class _TrimmingConvMixin:
+class _TrimmingConvMixin(EagerPathConv):
     """Convolution that skips the kernel taps which can only meet zero padding.
 
     On a spatial axis where the input has a single voxel, a convolution with an odd kernel ``k``, dilation 1 and
@@ -206,11 +208,6 @@ class _TrimmingConvMixin:
     reorders a channels-last weight of that size on every call (most of the untrimmed cost). Parameters and
     state-dict keys are the plain convolution's; TorchScript, tracing and ONNX export take the plain path.
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return self._conv_forward(x, self.weight, self.bias)
-        return self._eager_forward(x)
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
