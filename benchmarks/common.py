@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from medattn3d.engine.precision import cpu_supports_bf16
+
 
 def _status_bytes(field: str) -> int:
     """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes; 0 where it is missing."""
@@ -72,6 +74,17 @@ def measure(step: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str,
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpu": platform.processor() or platform.machine(),
@@ -79,7 +92,8 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "bf16_kernels": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
+        "bf16_kernels": cpu_supports_bf16(),  # native bf16 (AVX512-BF16 / AMX): what precision "auto" goes by
+        "cpu_name": cpu_name(),
     }
 
 

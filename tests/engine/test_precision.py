@@ -74,6 +74,40 @@ def test_precision_resolution():
         PrecisionInferer(SimpleInferer(), precision="int8")
 
 
+def test_auto_picks_bf16_only_on_cpus_that_compute_it_natively(monkeypatch):
+    """oneDNN also "supports" bf16 on plain AVX-512 by emulating it (4x slower than fp32 there): auto must go by the
+    CPU's native bf16 flags, whatever oneDNN says."""
+    import medattn3d.engine.precision as precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    for flags, expected in (
+        ({"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, None),
+        ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, torch.bfloat16),
+        ({"avx2": True, "amx_bf16": True}, torch.bfloat16),
+    ):
+        monkeypatch.setattr(precision, "_cpu_flags", lambda flags=flags: flags)
+        assert precision.cpu_supports_bf16() is (expected is not None)
+        assert autocast_dtype("auto", cpu) == expected
+        assert autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for by name: always honoured
+
+
+def test_cpu_flags_agree_with_proc_cpuinfo():
+    """The flags the decision goes by are this machine's own (an independent read of /proc/cpuinfo)."""
+    from pathlib import Path
+
+    import medattn3d.engine.precision as precision
+
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    line = next((ln for ln in info.read_text().splitlines() if ln.startswith("flags")), None)
+    if line is None:
+        pytest.skip("/proc/cpuinfo lists no flags")
+    native = {"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split())
+    assert precision.cpu_supports_bf16() is bool(native)
+
+
 def trained_statistics(net: torch.nn.Module) -> torch.nn.Module:
     """Give every BatchNorm non-trivial statistics and scales, as after training (folding must carry them)."""
     for module in net.modules():
