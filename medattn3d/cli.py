@@ -221,8 +221,8 @@ def explain(
     quiet: bool = True,
 ) -> None:
     """Attention maps, montages and an HTML index for ``inputs`` (default: the bundle's validation cases)."""
-    from medattn3d.bundles import resolve_bundle, run_bundle
-    from medattn3d.data.inputs import discover_inputs
+    from medattn3d.bundles import bundle_config, resolve_bundle, run_bundle
+    from medattn3d.data.inputs import discover_inputs, group_channel_files
     from medattn3d.engine.runner import select_part
 
     bundle = resolve_bundle(spec)
@@ -230,11 +230,15 @@ def explain(
     if output:
         overrides["output_dir"] = str(Path(output).resolve())
     if inputs:
-        paths = select_part(discover_inputs(inputs), num_parts, part_id)
+        # a case stored one file per channel (case_0000.nii.gz, case_0001.nii.gz, ...) is one input, as for infer
+        channels = int(bundle_config(bundle, overrides).get_parsed_content("in_channels"))
+        cases, channel_files = group_channel_files(discover_inputs(inputs), channels)
+        paths = select_part(cases, num_parts, part_id)
         if label and len(paths) != 1:
             raise InputError(inputs, "--label needs exactly one input volume")
-        overrides["input_paths"] = [str(p) for p in paths]
-        overrides["label_paths"] = [str(Path(label).resolve())] if label else None
+        overrides["input_paths"] = [[str(f) for f in channel_files[p]] if p in channel_files else str(p) for p in paths]
+        # no labels: one None per input (an override of None would leave the config's validation labels in place)
+        overrides["label_paths"] = [str(Path(label).resolve())] if label else [None] * len(paths)
     run_bundle(bundle, ["inference.json", "explain.json"], quiet=quiet, **overrides)
     from medattn3d.explain import summary_lines
 

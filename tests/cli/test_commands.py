@@ -39,6 +39,42 @@ def test_explain_subcommand_writes_maps_and_index(tmp_path, tiny_bundle, capsys)
     assert maps and nib.load(str(maps[0])).shape[:3] == (24, 20, 12)
 
 
+def test_explain_of_one_volume_without_a_label(tmp_path, tiny_bundle, capsys):
+    """As docs/cli.md shows it: ``explain -i case.nii.gz`` alone (the bundle's validation labels are not its)."""
+    image = ct(tmp_path / "a.nii.gz")
+    out = tmp_path / "explain"
+    assert cli.main(["explain", "--bundle", str(tiny_bundle), "-i", str(image), "-o", str(out)]) == 0, (
+        capsys.readouterr().err
+    )
+    assert (out / "index.html").is_file() and list(out.rglob("*attention*.nii.gz"))
+
+
+def test_explain_groups_one_file_per_channel_cases_as_infer_does(tmp_path, tmp_path_factory, capsys):
+    from tests.cli.conftest import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "two_channels_explain", in_channels=2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for channel in range(2):
+        ct(inputs / f"p1_000{channel}.nii.gz", seed=channel)
+    out = tmp_path / "explain"
+    assert cli.main(["explain", "--bundle", str(bundle), "-i", str(inputs), "-o", str(out)]) == 0, (
+        capsys.readouterr().err
+    )
+    maps = sorted(out.rglob("*attention*.nii.gz"))
+    assert maps and all("p1_0001" not in p.name for p in maps)  # one case, by its first channel file
+    # the same case as one 4D file explains to the same maps
+    first, second = (nib.load(str(inputs / f"p1_000{c}.nii.gz")) for c in range(2))
+    stacked = np.stack([np.asarray(first.dataobj), np.asarray(second.dataobj)], axis=-1)
+    save_nifti(stacked, first.affine, tmp_path / "p1_4d.nii.gz")
+    out4d = tmp_path / "explain4d"
+    assert cli.main(["explain", "--bundle", str(bundle), "-i", str(tmp_path / "p1_4d.nii.gz"), "-o", str(out4d)]) == 0
+    maps4d = sorted(out4d.rglob("*attention*.nii.gz"))
+    assert len(maps4d) == len(maps)
+    for grouped, four_d in zip(maps, maps4d, strict=True):
+        assert np.allclose(np.asarray(nib.load(str(grouped)).dataobj), np.asarray(nib.load(str(four_d)).dataobj))
+
+
 def test_export_writes_torchscript_and_continue_keeps_it(tmp_path, tiny_bundle, capsys):
     import torch
 
