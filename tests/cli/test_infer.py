@@ -221,3 +221,24 @@ def test_one_file_per_channel_cases_are_grouped_as_nnunet_names_them(tmp_path, t
     assert _infer(bundle, inputs / "p2_0001.nii.gz", tmp_path / "single") == 0
     single = np.asarray(nib.load(str(tmp_path / "single" / "p2_seg.nii.gz")).dataobj)
     assert np.array_equal(single, np.asarray(nib.load(str(out / "p2_seg.nii.gz")).dataobj))
+
+
+@pytest.mark.parametrize(
+    ("flags", "extra", "expected"),
+    [
+        ({"avx512_f": True, "avx512_vnni": True}, [], True),  # no native bf16, VNNI: fp32 OpenVINO, INT8 would help
+        ({"avx512_f": True, "avx512_vnni": True}, ["--runtime", "torch"], False),
+        ({"avx512_f": True, "avx512_vnni": True}, ["--precision", "fp32"], False),  # fp32 asked for by name
+        ({"avx512_bf16": True, "avx512_vnni": True}, [], False),  # native bf16: runs bf16
+        ({"avx2": True}, [], False),  # no int8 dot products either
+    ],
+)
+def test_infer_points_to_int8_only_where_it_pays(tmp_path, tiny_bundle, capsys, monkeypatch, flags, extra, expected):
+    pytest.importorskip("openvino")
+    import medattn3d.engine.precision as precision
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    image = ct(tmp_path / "a.nii.gz")
+    assert _infer(tiny_bundle, image, tmp_path / "out", "--precision", "auto", *extra) == 0
+    out = capsys.readouterr().out
+    assert ("medattn3d export --bundle" in out and "--format openvino-int8" in out) is expected
