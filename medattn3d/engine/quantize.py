@@ -12,9 +12,10 @@ the speed, benchmarks/runtime_agreement.py the accuracy on the demo.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,8 @@ def quantize_network(
     # the conversion leaves every axis dynamic; fix the window (OpenVINO plans its kernels for it), keep the batch free
     model.reshape({model.inputs[0]: ov.PartialShape([-1, *shape[1:]])})
     kept = float_layers(model, keep_float)
-    nncf.set_log_level(40)  # errors only: the progress bars would interleave with the CLI's output
-    with warnings.catch_warnings():
+    nncf.set_log_level(40)  # errors only: its log lines and progress bars would interleave with the CLI's output
+    with warnings.catch_warnings(), _quiet_progress_bars():
         warnings.simplefilter("ignore")
         quantized = nncf.quantize(
             model,
@@ -143,6 +144,24 @@ def _as_batch(patch: np.ndarray | torch.Tensor) -> np.ndarray:
     """One channel-first window ``(C, *roi_size)`` as a contiguous float32 batch of one."""
     array = patch.detach().cpu().float().numpy() if isinstance(patch, torch.Tensor) else np.asarray(patch, np.float32)
     return np.ascontiguousarray(array[None])
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Silence rich's global console for the block: NNCF draws its "Statistics collection" bars there (its log level
+    does not reach them), and they would interleave with the CLI's own lines."""
+    try:
+        import rich
+    except ImportError:
+        yield
+        return
+    console = rich.get_console()
+    before = console.quiet
+    console.quiet = True
+    try:
+        yield
+    finally:
+        console.quiet = before
 
 
 def save_ir(model: Any, xml_path: str | Path) -> Path:
