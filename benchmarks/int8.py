@@ -1,20 +1,22 @@
-"""INT8 speed on one window: the 3D AttentionUNet of benchmarks/runtimes.py (1 x 1 x 96^3, widths 16..256, 4
-classes) as the bundles run it in PyTorch, through OpenVINO (bf16 hint, f32) and as the INT8 model NNCF makes
-(``medattn3d.engine.quantize``, the code behind ``medattn3d export --format openvino-int8``: its default recipe,
-which keeps the first convolution in floating point, and for comparison the same model with every convolution in
-int8), with this machine's fp32 and bf16 matmul peaks measured in the same run:
+"""INT8 speed on one window: the 3D AttentionUNet of benchmarks/runtimes.py (1 x 1 x 96^3, widths 16..256, 4 classes)
+as the bundles run it in PyTorch and through OpenVINO (precision auto: bf16 on CPUs with native bf16, else fp32),
+through OpenVINO with each hint, and as the INT8 model NNCF makes (``medattn3d.engine.quantize``, the code behind
+``medattn3d export --format openvino-int8``: its default recipe, which keeps the first convolution in floating
+point, and for comparison the same model with every convolution in int8), with this machine's fp32 and bf16 matmul
+peaks measured in the same run:
 
     .venv/bin/python benchmarks/int8.py --rounds 3 --json benchmarks/results/int8.json
 
 The INT8 models are quantized once here (random weights, calibrated on a few random windows: speed does not depend
 on the calibration data) and saved to temporary IRs. Cases are PAIRED: each of ``--rounds`` rounds runs every case
 once, in turn, each in a fresh process (medians of ``--repeats`` forwards), so a change of load on a shared machine
-hits all cases of a round alike; a row reports the median over rounds and its per-round ratios to OpenVINO bf16
-(what a user would run instead of INT8) and to the PyTorch path. The load (``os.getloadavg``) is recorded at the
-start and the end. GFLOP is counted once on the PyTorch network (``common.network_gflop``) and used for every
-row, and the fp32/bf16 matmul peaks (``common.matmul_peaks``) are measured first in this process, so GFLOP/s of the
-INT8 rows are effective rates of the same arithmetic done in int8 (no int8 matmul peak is measured: PyTorch's CPU
-int8 matmul does not reach the hardware's). Accuracy of INT8 on trained weights: benchmarks/runtime_agreement.py.
+hits all cases of a round alike; a row reports the median over rounds and its per-round ratios to OpenVINO as the
+bundles run it (what a user would run instead of INT8) and to the PyTorch path. The load (``os.getloadavg``) is
+recorded at the start and the end. GFLOP is counted once on the PyTorch network (``common.network_gflop``) and used
+for every row, and the fp32/bf16 matmul peaks (``common.matmul_peaks``) are measured first in this process, so
+GFLOP/s of the INT8 rows are effective rates of the same arithmetic done in int8 (no int8 matmul peak is measured:
+PyTorch's CPU int8 matmul does not reach the hardware's). Accuracy of INT8 on trained weights:
+benchmarks/runtime_agreement.py.
 """
 
 from __future__ import annotations
@@ -42,18 +44,19 @@ from common import (
     run_case_in_subprocess,
     write_json,
 )
-from runtimes import SHAPE, ours, window
+from runtimes import SHAPE, auto_precision, ours, window
 
-REFERENCE = "ours, PyTorch (bundle path: bf16 weights, BN folded, channels-last)"
-OPENVINO_BF16 = "ours, OpenVINO bf16 hint"
+AUTO = auto_precision()
+REFERENCE = f"ours, PyTorch (bundle path: precision auto = {AUTO}, BN folded, channels-last)"
+OPENVINO_AUTO = f"ours, OpenVINO, precision auto = {AUTO} (the bundles' runtime auto)"
 ALL_INT8 = "every convolution in int8"
 CASES = (
     REFERENCE,
-    OPENVINO_BF16,
+    OPENVINO_AUTO,
+    "ours, OpenVINO bf16 hint",
     "ours, OpenVINO f32",
-    "ours, OpenVINO INT8 (bf16 hint)",
-    "ours, OpenVINO INT8 (f32 hint)",
-    f"ours, OpenVINO INT8 (bf16 hint), {ALL_INT8}",
+    f"ours, OpenVINO INT8 (precision auto = {AUTO})",
+    f"ours, OpenVINO INT8 (precision auto = {AUTO}), {ALL_INT8}",
 )
 
 
@@ -77,7 +80,7 @@ def run_case(case: dict) -> dict:
     tune_cpu_allocator()
     x = torch.randn(window(case["size"]))
     runtime = "openvino-int8" if "INT8" in name else "openvino" if "OpenVINO" in name else "torch"
-    precision = "fp32" if "f32" in name else "bf16"
+    precision = "auto" if "precision auto" in name else "fp32" if "f32" in name else "bf16"
     ir = case["ir_all_int8"] if ALL_INT8 in name else case["ir"]
     network = prepare_for_inference(ours(), precision, runtime=runtime, ir_path=ir)
     inferer = PrecisionInferer(SimpleInferer(), precision, channels_last=runtime == "torch")
@@ -121,14 +124,14 @@ def main() -> None:
             rows.append({"case": name, "error": errors[name]})
             continue
         row = {"case": name, "median_s": statistics.median(rounds[name]), "round_s": rounds[name]}
-        for key, other in (("openvino_bf16", OPENVINO_BF16), ("bundle_path", REFERENCE)):
+        for key, other in (("openvino_auto", OPENVINO_AUTO), ("bundle_path", REFERENCE)):
             if other not in errors:
                 ratios = [a / b for a, b in zip(rounds[other], rounds[name], strict=True)]
                 row[f"speed_vs_{key}"] = statistics.median(ratios)
                 row[f"round_ratios_vs_{key}"] = [round(r, 3) for r in ratios]
         rows.append(add_throughput(row, gflop, peaks))
-    columns = ["case", "median_s", "gflop", "gflop_per_s", "pct_bf16_peak", "speed_vs_openvino_bf16"]
-    print_table(rows, [*columns, "round_ratios_vs_openvino_bf16", "speed_vs_bundle_path"])
+    columns = ["case", "median_s", "gflop", "gflop_per_s", "pct_bf16_peak", "speed_vs_openvino_auto"]
+    print_table(rows, [*columns, "round_ratios_vs_openvino_auto", "speed_vs_bundle_path"])
     payload = {
         "benchmark": "int8",
         "machine": machine(),

@@ -187,7 +187,7 @@ def paired_cases(
     from monai.losses import DiceCELoss
     from monai.networks.nets import AttentionUnet
 
-    from medattn3d.engine.precision import PrecisionInferer, prepare_for_inference
+    from medattn3d.engine.precision import PrecisionInferer, prepare_for_inference, weights_dtype
 
     torch.manual_seed(0)
     x = torch.randn(1, 1, 96, 96, 96)
@@ -256,10 +256,11 @@ def paired_cases(
         return network_gflop(copy.deepcopy(network).train(train), batch, train=train)
 
     ref_tag, ours_tag = (" + DiceCE", " + bundle loss") if loss == "bundle" else ("", "")
+    ours_dtype = weights_dtype(ours) or torch.float32  # bf16 weights only where precision auto chose bf16
     return {
         "infer": [
             ("MONAI AttentionUnet fp32", monai_infer, gflop(monai, x, False)),
-            ("ours MSGuidedAttention as its bundle runs it", ours_infer, gflop(ours, x.to(torch.bfloat16), False)),
+            ("ours MSGuidedAttention as its bundle runs it", ours_infer, gflop(ours, x.to(ours_dtype), False)),
         ],
         "train": [
             ("MONAI AttentionUnet fp32" + ref_tag, monai_fp32_step, gflop(monai_train, train_x, True)),

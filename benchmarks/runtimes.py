@@ -1,6 +1,7 @@
-"""Inference runtimes side by side: the 3D AttentionUNet as the bundles run it in PyTorch, through OpenVINO (bf16 and
-f32 hints) and ONNX Runtime, and MONAI's AttentionUnet (fp32, and bf16 autocast + channels-last), with this machine's
-measured fp32 and bf16 matmul peaks in the same run (``common.matmul_peaks``, the physical floor for GFLOP/s).
+"""Inference runtimes side by side: the 3D AttentionUNet as the bundles run it in PyTorch and through OpenVINO
+(precision ``auto``: bf16 on CPUs with native bf16, else fp32), through OpenVINO with each hint and ONNX Runtime,
+and MONAI's AttentionUnet (fp32, and bf16 autocast + channels-last), with this machine's measured fp32 and bf16
+matmul peaks in the same run (``common.matmul_peaks``, the physical floor for GFLOP/s).
 
     .venv/bin/python benchmarks/runtimes.py --json benchmarks/results/runtimes.json
 
@@ -36,8 +37,18 @@ from common import (
 
 SHAPE = (1, 1, 96, 96, 96)
 CHANNELS = (16, 32, 64, 128, 256)
+
+
+def auto_precision() -> str:
+    """What the bundles' ``precision: auto`` resolves to on this CPU (bf16 only with native bf16)."""
+    from medattn3d.engine.precision import cpu_supports_bf16
+
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
 CASES = (
-    "ours, PyTorch (bundle path: bf16 weights, BN folded, channels-last)",
+    f"ours, PyTorch (bundle path: precision auto = {auto_precision()}, BN folded, channels-last)",
+    f"ours, OpenVINO, precision auto = {auto_precision()} (the bundles' runtime auto)",
     "ours, OpenVINO bf16 hint",
     "ours, OpenVINO bf16 hint, 2 windows per call on parallel streams",
     "ours, OpenVINO f32",
@@ -80,7 +91,7 @@ def run_case(case: dict) -> dict:
         inferer = PrecisionInferer(SimpleInferer(), "fp32" if "fp32" in name else "bf16", "channels-last" in name)
     else:
         runtime = "openvino" if "OpenVINO" in name else "onnxruntime" if "ONNX" in name else "torch"
-        precision = "fp32" if ("f32" in name or "fp32" in name) else "bf16"
+        precision = "auto" if "precision auto" in name else "fp32" if ("f32" in name or "fp32" in name) else "bf16"
         network = prepare_for_inference(ours(), precision, runtime=runtime)
         inferer = PrecisionInferer(SimpleInferer(), precision, channels_last=runtime == "torch")
     with torch.no_grad():

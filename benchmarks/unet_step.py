@@ -1,5 +1,6 @@
 """AttentionUNet training step, paired in one process: ours as its bundle trains it vs MONAI's AttentionUnet with bf16
-autocast + channels-last, and ours as before this round (plain ``torch.cat``, oneDNN's weight gradients everywhere).
+autocast + channels-last, ours as before round 4 (plain ``torch.cat``, oneDNN's weight gradients everywhere), and
+MONAI's AttentionUnet in its default fp32 (the peer on a CPU without native bf16, where bf16 is emulated and slow).
 
     .venv/bin/python benchmarks/unet_step.py --threads 2 --allocator tuned --json benchmarks/results/unet_step.json
 
@@ -90,6 +91,7 @@ def cases(shape_name: str, loss_name: str) -> list[tuple[str, Callable[[], None]
     if shape_name != "bundle":
         shape = [1, shape[1]] + [int(shape_name)] * 3
     monai = monai_like(ours).to(memory_format=torch.channels_last_3d)
+    monai_fp32 = monai_like(ours)  # MONAI's default: fp32, contiguous (the peer on CPUs without native bf16)
     x = torch.randn(shape)
     x_last = x.contiguous(memory_format=torch.channels_last_3d)
     labels = torch.randint(0, int(ours.head.out_channels), (shape[0], 1, *shape[2:])).float()
@@ -116,12 +118,17 @@ def cases(shape_name: str, loss_name: str) -> list[tuple[str, Callable[[], None]
         with as_before():
             ours_step()
 
+    def monai_fp32_step() -> None:
+        loss_of(monai_fp32.train()(x)).backward()
+        monai_fp32.zero_grad(set_to_none=True)
+
     monai_gflop = network_gflop(monai_like(ours), x, train=True)
     ours_gflop = network_gflop(bundle_network()[0], x, train=True)
     return [
         ("MONAI AttentionUnet bf16 + channels-last (reference)", monai_step, monai_gflop),
         ("ours AttentionUNet as its bundle trains it", ours_step, ours_gflop),
-        ("ours as before this round (torch.cat, oneDNN weight gradients)", ours_before_step, ours_gflop),
+        ("ours as before round 4 (torch.cat, oneDNN weight gradients)", ours_before_step, ours_gflop),
+        ("MONAI AttentionUnet fp32 (its default)", monai_fp32_step, monai_gflop),
     ]
 
 

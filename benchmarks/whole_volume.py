@@ -4,24 +4,25 @@ voxels per second and peak memory, our pipeline vs the same pipeline with MONAI'
     .venv/bin/python benchmarks/whole_volume.py --json benchmarks/results/whole_volume.json
 
 Both use the CT preset (RAS, 1.5 x 1.5 x 2 mm, HU window), a 96^3 Gaussian sliding window with overlap 0.25, the
-inverse of the preprocessing and a NIfTI writer; only the network, precision/layout and allocator differ:
-ours = medattn3d AttentionUNet under PrecisionInferer as the bundles' inference.json runs it (bf16 where supported,
-channels-last, BatchNorm folded into the convolutions, in-place activations, bf16 weights), in a process with
-``tune_cpu_allocator()`` applied as the medattn3d CLI and bundles do;
-peer = monai.networks.nets.AttentionUnet at the same widths in fp32 (MONAI's default), default allocator; a third
-row gives the peer our allocator setting too, to show that setting's share. Weights are random: this measures speed,
-not accuracy. Each pipeline runs in a fresh process.
+inverse of the preprocessing and a NIfTI writer; only the network, precision/layout and allocator differ: ours =
+medattn3d AttentionUNet under PrecisionInferer as the bundles' inference.json runs it (precision auto: bf16 and bf16
+weights on a CPU with native bf16, else fp32; channels-last, BatchNorm folded, in-place activations), in a process
+with ``tune_cpu_allocator()`` applied as the medattn3d CLI and bundles do; peer = monai.networks.nets.AttentionUnet
+at the same widths in fp32 (MONAI's default), default allocator; a third row gives the peer our allocator setting
+too, to show that setting's share. Weights are random: this measures speed, not accuracy. Each pipeline runs in a
+fresh process.
 
 More peers and rows: MONAI's AttentionUnet under bf16 autocast + channels-last (the two lines a MONAI user can add);
 ours in process with the OpenVINO runtime (the bundles' ``runtime: auto`` on a CPU with OpenVINO installed; its
-converted model cached beforehand, as every run after a bundle's first finds it); and ours as ``medattn3d infer``
-runs it end to end (one command from a shell: process start, imports, bundle parse, network build and weight
-preparation, header check, then the same steps) with ``--runtime torch`` and with the bundles' default ``auto``, the
-latter twice: the first run of a set of weights (converts and caches the OpenVINO model) and every later run. The
-bundle is a copy of the shipped 3D bundle given the same network, window and spacing as the other rows. The end-to-end
-rows are compared with the peers both in process (their pipeline alone, the conservative ratio) and as a script run
-from a shell (``total_s`` of the peer plus its process start and imports, ``script_s``: like for like with a
-command).
+converted model cached beforehand, as every run after a bundle's first finds it) and with the opt-in INT8 model
+(``--runtime openvino-int8``; quantized here on random windows, which sets its speed, not its accuracy); and ours as
+``medattn3d infer`` runs it end to end (one command from a shell: process start, imports, bundle parse, network
+build and weight preparation, header check, then the same steps) with ``--runtime torch`` and with the bundles'
+default ``auto``, the latter twice: the first run of a set of weights (converts and caches the OpenVINO model) and
+every later run. The bundle is a copy of the shipped 3D bundle given the same network, window and spacing as the
+other rows. The end-to-end rows are compared with the peers both in process (their pipeline alone, the conservative
+ratio) and as a script run from a shell (``total_s`` of the peer plus its process start and imports, ``script_s``:
+like for like with a command).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ PIPELINES = (
     ("MONAI AttentionUnet", False),
     ("ours", True),
     ("ours, OpenVINO runtime", True),
+    ("ours, OpenVINO INT8 runtime (opt-in)", True),
     ("MONAI AttentionUnet", True),
     ("MONAI AttentionUnet bf16 + channels-last", False),
 )
@@ -96,8 +98,10 @@ def run_pipeline(case: dict) -> dict:
     torch.manual_seed(0)
     if case["pipeline"].startswith("ours"):
         network = AttentionUNet(3, 1, 4, channels=CHANNELS, strides=(2, 2, 2, 2)).eval()
-        runtime = "openvino" if "OpenVINO" in case["pipeline"] else "torch"
-        network = prepare_for_inference(network, case["precision"], runtime=runtime)
+        runtime = (
+            "openvino-int8" if "INT8" in case["pipeline"] else "openvino" if "OpenVINO" in case["pipeline"] else "torch"
+        )
+        network = prepare_for_inference(network, case["precision"], runtime=runtime, ir_path=case.get("ir"))
         if runtime != "torch":  # convert (or find the cached model) outside the timing, as a later run does
             with torch.no_grad():
                 network(torch.zeros(1, 1, 96, 96, 96))
@@ -226,6 +230,9 @@ def main() -> None:
         volume = work / "ct.nii.gz"
         make_volume(volume, tuple(args.shape))
         voxels = int(np.prod(args.shape))
+        from int8 import export_ir  # the same network and seed, quantized on random windows (speed only)
+
+        ir = str(export_ir(work, 96))
         rows = []
         for pipeline, tuned_allocator in PIPELINES:
             case = {
@@ -235,6 +242,7 @@ def main() -> None:
                 "output": str(work / pipeline.replace(" ", "_")),
                 "precision": args.precision,
                 "sw_batch_size": args.sw_batch_size,
+                "ir": ir,
             }
             label = pipeline + (" + allocator setting" if tuned_allocator and not pipeline.startswith("ours") else "")
             started = time.perf_counter()
