@@ -227,18 +227,22 @@ class OpenVINOServer:
     per input on parallel streams of fewer threads each (the throughput hint, compiled on first use): no thread
     waits for another at a layer's end, which is even with one request on free cores and 1.1-1.4x per window when
     other processes load them (docs/benchmarks.md). The results are the same network's; only the split of work
-    across cores differs."""
+    across cores differs. Each of the two is compiled on its first use (a compile costs about two windows' time):
+    a sliding window whose every batch is full never needs the latency one."""
 
     def __init__(self, core: Any, model: Any, config: dict[str, str]) -> None:
-        self.core, self.model, self.config = core, model, config
-        self.latency = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
-        self.output = self.latency.outputs[0]
+        # an IR path is read now: a damaged file fails here (RuntimeError), where the cache can still replace it
+        self.core, self.config = core, config
+        self.model = core.read_model(model) if isinstance(model, (str, Path)) else model
+        self._latency: Any = None
         self._streams: Any = None
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
         if len(array) > 1 and self._parallel_requests() > 1:
             return self._run_streams(array)
-        return self.latency(array)[self.output]
+        if self._latency is None:
+            self._latency = self.core.compile_model(self.model, "CPU", {**self.config, "PERFORMANCE_HINT": "LATENCY"})
+        return self._latency(array)[self._latency.outputs[0]]
 
     def _parallel_requests(self) -> int:
         if self._streams is None:
