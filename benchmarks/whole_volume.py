@@ -22,7 +22,9 @@ default ``auto``, the latter twice: the first run of a set of weights (converts 
 every later run. The bundle is a copy of the shipped 3D bundle given the same network, window and spacing as the
 other rows. The end-to-end rows are compared with the peers both in process (their pipeline alone, the conservative
 ratio) and as a script run from a shell (``total_s`` of the peer plus its process start and imports, ``script_s``:
-like for like with a command).
+like for like with a command). Last, a folder of ``--folder`` copies of the volume (default 4), as a study's worth of
+scans is segmented: MONAI's two pipelines as one script each and one ``medattn3d infer`` command, where a process
+start and its imports are paid once for all the volumes.
 """
 
 from __future__ import annotations
@@ -112,20 +114,22 @@ def run_pipeline(case: dict) -> dict:
         inferer = SlidingWindowInferer((96, 96, 96), sw_batch_size=case["sw_batch_size"], overlap=0.25, mode="gaussian")
         if "bf16" in case["pipeline"]:
             inferer = PrecisionInferer(inferer, precision="bf16", channels_last=True)
-    start = time.perf_counter()
+    phases = {"load_preprocess_s": 0.0, "infer_s": 0.0, "invert_save_s": 0.0}
     preprocessing = ct_transforms("infer", pixdim=(1.5, 1.5, 2.0))
-    data = preprocessing({"image": case["input"]})
-    loaded = time.perf_counter()
-    with torch.no_grad():
-        data["pred"] = inferer(data["image"][None], network)[0]
-    inferred = time.perf_counter()
-    prediction_writer(preprocessing, case["output"])(data)
-    end = time.perf_counter()
+    for path in case.get("inputs", [case["input"]]):  # a folder's volumes one after another, as a script runs them
+        start = time.perf_counter()
+        data = preprocessing({"image": path})
+        loaded = time.perf_counter()
+        with torch.no_grad():
+            data["pred"] = inferer(data["image"][None], network)[0]
+        inferred = time.perf_counter()
+        prediction_writer(preprocessing, case["output"])(data)
+        end = time.perf_counter()
+        for name, seconds in zip(phases, (loaded - start, inferred - loaded, end - inferred), strict=True):
+            phases[name] += seconds
     return {
-        "total_s": end - start,
-        "load_preprocess_s": loaded - start,
-        "infer_s": inferred - loaded,
-        "invert_save_s": end - inferred,
+        "total_s": sum(phases.values()),
+        **phases,
         "peak_rss_mib": peak_rss_bytes() / 2**20,
         "preprocessed_shape": list(data["image"].shape[1:]),
     }
@@ -194,6 +198,36 @@ def start_and_import_floor() -> dict:
     }
 
 
+def folder_rows(work: Path, volume: Path, bundle: Path, args: argparse.Namespace) -> list[dict]:
+    """A folder of ``args.folder`` copies of the volume, as a user segments a study's worth of scans: MONAI's fp32 and
+    bf16 + channels-last pipelines as one script each (one process start and import, then the volumes one after
+    another, timed from the shell), and one ``medattn3d infer`` command on the folder (its OpenVINO model cached by
+    the single-volume runs before)."""
+    folder = work / "folder"
+    folder.mkdir()
+    copies = []
+    for index in range(args.folder):
+        copies.append(folder / f"ct_{index}.nii.gz")
+        shutil.copyfile(volume, copies[-1])
+    rows = []
+    for pipeline in ("MONAI AttentionUnet", "MONAI AttentionUnet bf16 + channels-last"):
+        case = {"pipeline": pipeline, "tuned_allocator": False, "input": str(copies[0])}
+        case |= {"inputs": [str(c) for c in copies], "output": str(work / f"folder_{len(rows)}")}
+        case |= {"precision": args.precision, "sw_batch_size": args.sw_batch_size}
+        started = time.perf_counter()
+        row = {"pipeline": f"{pipeline}, a folder of {args.folder} volumes as one script"}
+        row |= run_case_in_subprocess(__file__, case)
+        row["script_s"] = time.perf_counter() - started
+        rows.append(row)
+        print(f"{row['pipeline']}: {row['script_s']:.1f} s", flush=True)
+    label = f"ours, `medattn3d infer` on a folder of {args.folder} volumes end to end"
+    row = {"pipeline": label, **run_cli(bundle, folder, work / "cli_folder", "auto", work / "cli_cache")}
+    row["script_s"] = row["total_s"]
+    rows.append(row)
+    print(f"{label}: {row['total_s']:.1f} s", flush=True)
+    return rows
+
+
 def window_gflop() -> dict[str, float]:
     """GFLOP of one 96^3 window through our network and through MONAI's (the same widths; ours does more: the
     authors' double convolution per decoder level)."""
@@ -215,6 +249,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="ours: auto, bf16 or fp32")
     parser.add_argument(
         "--sw-batch-size", type=int, default=2, help="windows per network call, every row (the bundles' planned value)"
+    )
+    parser.add_argument(
+        "--folder", type=int, default=4, help="volumes in the folder rows (one command or script for all; 0: none)"
     )
     parser.add_argument("--json")
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -262,6 +299,7 @@ def main() -> None:
             rows.append(row)
             print(f"{label}: {row['total_s']:.1f} s", flush=True)
         rows.append(start_and_import_floor())
+        folder_runs = folder_rows(work, volume, bundle, args) if args.folder > 1 else []
         windows = sliding_windows(rows[1]["preprocessed_shape"], (96, 96, 96), 0.25)
         for row in rows[:-1]:  # in process: GFLOP/s of the inference step; end to end: of the whole command
             gflop = windows * per_window["ours" if row["pipeline"].startswith("ours") else "MONAI"]
@@ -276,6 +314,15 @@ def main() -> None:
         for row in rows:
             if row["pipeline"].startswith("ours") and "load_preprocess_s" in row:
                 row["io_share"] = (row["load_preprocess_s"] + row["invert_save_s"]) / row["total_s"]
+        for row in folder_runs:
+            gflop = args.folder * windows * per_window["ours" if row["pipeline"].startswith("ours") else "MONAI"]
+            add_throughput(row, gflop, peaks, seconds=row["script_s"])
+            row["voxels_per_s"] = args.folder * voxels / row["script_s"]
+        ours_folder = folder_runs[-1:] if folder_runs else []
+        for row in ours_folder:
+            row["speedup_vs_script"] = folder_runs[0]["script_s"] / row["script_s"]
+            row["speedup_vs_bf16_script"] = folder_runs[1]["script_s"] / row["script_s"]
+        rows += folder_runs
         print(f"\nvolume {'x'.join(map(str, args.shape))} ({voxels / 1e6:.1f} M voxels), {machine()}")
         print_table(
             rows,
@@ -300,6 +347,7 @@ def main() -> None:
         )
         payload = {"benchmark": "whole_volume", "machine": machine(), "shape": args.shape, "windows": windows}
         payload["sw_batch_size"] = args.sw_batch_size
+        payload["folder_volumes"] = args.folder
         payload.update(matmul_peaks=peaks, matmul_peaks_end=matmul_peaks(), window_gflop=per_window, rows=rows)
         write_json(args.json, payload)
     finally:
