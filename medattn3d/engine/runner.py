@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from medattn3d.bundles import bundle_config  # re-exported: the run's config reader lives with the bundles
-from medattn3d.data.inputs import CHANNEL_FILE, check_case
+from medattn3d.data.inputs import check_case
 from medattn3d.errors import InputError
 
 # --- splitting the cases -------------------------------------------------------------------------------------------
@@ -221,14 +221,9 @@ class InferenceRun:
     def _output_names(self, inputs: Sequence[Path]) -> dict[Path, str]:
         """Output names; a case stored one file per channel is named after its case (``case_0000.nii.gz`` and its
         siblings -> ``case``), as nnU-Net names it."""
-        from medattn3d.outputs import output_names
+        from medattn3d.outputs import case_output_names
 
-        stand_ins = {}
-        for path in inputs:
-            match = CHANNEL_FILE.match(path.name) if len(self._files(path)) > 1 else None
-            stand_ins[path] = path.with_name(match["case"] + match["suffix"]) if match else path
-        names = output_names(stand_ins.values())
-        return {Path(path).absolute(): names[Path(stand_in).absolute()] for path, stand_in in stand_ins.items()}
+        return case_output_names(self._files(path) for path in inputs)
 
     def _say(self, line: str) -> None:
         if self.print_line is not None:

@@ -5,7 +5,7 @@
 """
 
 from medattn3d.explain.concentration import attention_ratio, class_ratios, separation_auc
-from medattn3d.explain.explainer import AttentionExplainer, summary_lines
+from medattn3d.explain.explainer import AttentionExplainer, labels_for, summary_lines
 from medattn3d.explain.extraction import AttentionPredictor, attention_names, default_map
 from medattn3d.explain.montage import write_montage
 from medattn3d.explain.page import write_index
@@ -17,6 +17,7 @@ __all__ = [
     "attention_ratio",
     "class_ratios",
     "default_map",
+    "labels_for",
     "separation_auc",
     "summary_lines",
     "write_index",

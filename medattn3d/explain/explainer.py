@@ -29,7 +29,7 @@ from medattn3d.explain.montage import write_montage
 from medattn3d.explain.page import write_index
 from medattn3d.explain.viewer import DEFAULT_MAX_VOXELS, Layer, copy_viewer_assets, write_case_layers
 from medattn3d.outputs.atomic import atomic_path, atomic_write_text
-from medattn3d.outputs.naming import output_names
+from medattn3d.outputs.naming import case_output_names
 from medattn3d.outputs.prediction import restore_chain, write_case
 from medattn3d.outputs.tables import class_name_map
 
@@ -37,6 +37,14 @@ from medattn3d.outputs.tables import class_name_map
 def _first(path: str | Sequence[str]) -> str:
     """The file that names a case: the path itself, or the first channel's file of a multi-file image entry."""
     return str(path) if isinstance(path, (str, Path)) else str(path[0])
+
+
+def labels_for(image_paths: Sequence[str | Sequence[str]], datalist: Sequence[Mapping[str, Any]]) -> list[str | None]:
+    """The ground truth of each image from a MONAI datalist (``image``/``label`` items), matched by the image's
+    file, not by position: an image the datalist does not hold gets ``None`` (explained without a ratio). What
+    ``explain.json`` uses, so ``--input_paths`` given on the command line never borrows another case's labels."""
+    known = {Path(_first(item["image"])).absolute(): item.get("label") for item in datalist}
+    return [known.get(Path(_first(path)).absolute()) for path in image_paths]
 
 
 def _nanmean(values: list[float]) -> float:
@@ -120,7 +128,7 @@ class AttentionExplainer:
     ) -> dict[str, Any]:
         """Everything for one volume; returns its summary (name, files, attention ratios, viewer entry)."""
         self.network.eval()
-        name = name or output_names([_first(image_path)])[Path(_first(image_path)).absolute()]
+        name = name or case_output_names([image_path])[Path(_first(image_path)).absolute()]
         data = self.preprocessing({"image": image_path})
         device = next(self.network.parameters()).device
         with torch.no_grad():
@@ -175,7 +183,7 @@ class AttentionExplainer:
         labels = list(label_paths) if label_paths else [None] * len(image_paths)
         if len(labels) != len(image_paths):
             raise ValueError(f"{len(image_paths)} image(s) but {len(labels)} label(s) to explain")
-        names = output_names([_first(p) for p in image_paths])
+        names = case_output_names(image_paths)
         cases = [
             self.explain_case(p, lab, names[Path(_first(p)).absolute()])
             for p, lab in zip(image_paths, labels, strict=True)

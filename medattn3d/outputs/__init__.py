@@ -1,7 +1,7 @@
 """Outputs: predictions written back in the input's geometry, in the formats viewers and PACS read."""
 
 from medattn3d.outputs.atomic import atomic_path, atomic_write_text
-from medattn3d.outputs.naming import FORMATS, expected_outputs, output_name, output_names
+from medattn3d.outputs.naming import FORMATS, case_output_names, expected_outputs, output_name, output_names
 from medattn3d.outputs.prediction import (
     ChannelArgmaxd,
     WriteCased,
@@ -17,6 +17,7 @@ __all__ = [
     "WriteCased",
     "atomic_path",
     "atomic_write_text",
+    "case_output_names",
     "check_request",
     "expected_outputs",
     "output_name",

@@ -8,6 +8,7 @@ named after the folder.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -82,6 +83,26 @@ def output_names(all_inputs: Iterable[str | Path]) -> dict[Path, str]:
             break
         names.update({path: step(path, names[path]) for path in clash})
     return names
+
+
+_CHANNEL_NUMBER = re.compile(r"_\d{4}$")
+
+
+def case_output_names(cases: Iterable[str | Path | Sequence[str | Path]]) -> dict[Path, str]:
+    """:func:`output_names` for cases that may be given one file per channel (keys: each case's first file,
+    absolute). Such a case is named after the case, as nnU-Net names it: ``case_0000.nii.gz`` with its sibling
+    ``case_0001.nii.gz`` -> ``case``; a single file keeps its own name."""
+    stand_ins: dict[Path, Path] = {}
+    for case in cases:
+        files = [case] if isinstance(case, (str, Path)) else list(case)
+        first = Path(files[0]).absolute()
+        stem, suffix = split_name(first)
+        if len(files) > 1 and _CHANNEL_NUMBER.search(stem):
+            stand_ins[first] = first.with_name(_CHANNEL_NUMBER.sub("", stem) + suffix)
+        else:
+            stand_ins[first] = first
+    names = output_names(stand_ins.values())
+    return {first: names[stand_in] for first, stand_in in stand_ins.items()}
 
 
 def output_name(input_path: str | Path, all_inputs: Sequence[str | Path]) -> str:

@@ -30,8 +30,8 @@ from medattn3d.outputs.naming import (
     PROBABILITIES_POSTFIX,
     SIDECAR_SUFFIX,
     SLICER_TABLE_SUFFIX,
+    case_output_names,
     check_formats,
-    output_names,
     split_name,
 )
 from medattn3d.outputs.tables import (
@@ -243,9 +243,8 @@ class WriteCased(MapTransform):
         self.pred_key, self.output_dir, self.class_names = pred_key, Path(output_dir), class_names
         self.formats, self.save_probabilities = check_formats(formats), save_probabilities
         self.output_postfix, self.model_info, self.series_uid = output_postfix, model_info, series_uid
-        # an input given as one file per channel is named after its first channel's file (what its meta records)
-        firsts = [p[0] if isinstance(p, (list, tuple)) else p for p in input_paths or []]
-        self.names = output_names(firsts) if firsts else {}
+        # keyed by each case's first file (what its meta records); one file per channel -> the case's name
+        self.names = case_output_names(input_paths) if input_paths else {}
 
     def name_for(self, source: str) -> str:
         return self.names.get(Path(source).absolute()) or split_name(source)[0]

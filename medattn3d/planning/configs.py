@@ -385,8 +385,10 @@ def explain_config(source: DataSource) -> dict[str, Any]:
     """``explain.json`` (merged onto inference.json): attention maps of the validation cases."""
     return {
         "output_dir": "$os.path.join(@bundle_root, 'explain')",
-        "input_paths": "$[item['image'] for item in " + _datalist("validation")[1:] + "]",
-        "label_paths": "$[item['label'] for item in " + _datalist("validation")[1:] + "]",
+        "explain_cases": _datalist("validation"),
+        "input_paths": "$[item['image'] for item in @explain_cases]",
+        # matched by file, so input_paths given on the command line never take another case's labels
+        "label_paths": "$medattn3d.explain.labels_for(@input_paths, @explain_cases)",
         "label_preprocessing": preprocessing("val"),
         "explainer": {
             "_target_": "medattn3d.explain.AttentionExplainer",

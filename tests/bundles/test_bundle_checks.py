@@ -73,3 +73,23 @@ def test_workflow_properties(name, configs, workflow_type, tiny_data, tmp_path):
     )
     workflow.initialize()
     assert workflow.check_properties() == []
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_explain_pairs_labels_by_file_not_by_position(name, tiny_data):
+    """``--input_paths`` on the command line: a validation case keeps its own label, any other image gets none
+    (the labels were once taken from the validation list by position, silently wrong)."""
+    from monai.bundle import ConfigParser
+
+    from medattn3d.data import load_datalist
+
+    bundle = BUNDLES_DIR / name
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / c) for c in ("inference.json", "explain.json")])
+    datalist = tiny_data / "dataset.json"
+    parser.update({"dataset_dir": str(tiny_data), "datalist": str(datalist), "bundle_root": str(bundle)})
+    validation = load_datalist(datalist, "validation", tiny_data, 0)
+    assert parser.get_parsed_content("label_paths") == [item["label"] for item in validation]
+    test_image = str(tiny_data / "imagesTs" / "case_003.nii.gz")
+    parser.update({"input_paths": [test_image, validation[0]["image"]]})
+    assert parser.get_parsed_content("label_paths") == [None, validation[0]["label"]]

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from medattn3d.outputs.naming import check_formats, expected_outputs, output_name, output_names, split_name
+from medattn3d.outputs.naming import (
+    case_output_names,
+    check_formats,
+    expected_outputs,
+    output_name,
+    output_names,
+    split_name,
+)
 
 
 def test_plain_stem_without_clash(tmp_path):
@@ -52,3 +59,14 @@ def test_expected_outputs_and_formats():
     ]
     with pytest.raises(ValueError, match="unknown output format 'png'"):
         check_formats(["nifti", "png"])
+
+
+def test_case_given_one_file_per_channel_is_named_after_the_case(tmp_path):
+    brats = [tmp_path / f"brats_001_{c:04d}.nii.gz" for c in range(4)]
+    single = tmp_path / "scan_0003.nii.gz"  # one file that merely ends in four digits keeps its name
+    other = tmp_path / "b" / "brats_001.nii.gz"  # a single-file case of the same name elsewhere: both stay distinct
+    names = case_output_names([brats, str(single), other])
+    assert names[brats[0]] == f"{tmp_path.name}_brats_001_nii_gz" and names[other] == "b_brats_001_nii_gz"
+    assert names[single] == "scan_0003"
+    assert case_output_names([brats])[brats[0]] == "brats_001"
+    assert case_output_names([[str(p) for p in brats]])[brats[0]] == "brats_001"
