@@ -12,8 +12,9 @@ from pydicom.errors import InvalidDicomError
 
 from medattn3d.errors import InputError
 
-# what a DICOM SEG must copy from its source series to reference it (highdicom refuses a source without them)
-SEG_REFERENCE_TAGS = ("FrameOfReferenceUID", "StudyInstanceUID", "SOPClassUID")
+# what a DICOM SEG must copy from its source series to reference it and to place its frames (highdicom refuses a
+# source without them; a missing SliceThickness is filled in from the slice spacing, see outputs/dicom_seg.py)
+SEG_REFERENCE_TAGS = ("FrameOfReferenceUID", "StudyInstanceUID", "SOPClassUID", "PixelSpacing")
 
 
 def missing_seg_reference_tags(header: pydicom.Dataset) -> list[str]:

@@ -8,6 +8,7 @@ BINARY segmentation with one segment per class (segment number = label value) ca
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import highdicom as hd
@@ -35,6 +36,25 @@ def source_headers(folder: str | Path, series_uid: str | None = None) -> list[py
     """The headers (no pixels) of the checked, sorted slices of the DICOM series in ``folder``."""
     series = inspect_series(folder, series_uid)
     return [pydicom.dcmread(path, stop_before_pixels=True) for path in series.files]
+
+
+def with_slice_thickness(headers: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """``headers`` as highdicom needs them: a series whose slices lack SliceThickness (type 2, often left out by
+    converters and anonymisers) gets copies carrying the distance between slice centres, which is the thickness of
+    the SEG's own voxels; the user's files are never touched. Headers that have it are returned as they are."""
+    if all("SliceThickness" in h for h in headers):
+        return headers
+    orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = [float(np.dot(np.asarray(h.ImagePositionPatient, dtype=float), normal)) for h in headers]
+    spacing = float(np.median(np.abs(np.diff(along)))) if len(along) > 1 else float(min(headers[0].PixelSpacing))
+    filled = []
+    for header in headers:
+        if "SliceThickness" not in header:
+            header = copy.copy(header)
+            header.SliceThickness = pydicom.valuerep.DSfloat(spacing, auto_format=True)
+        filled.append(header)
+    return filled
 
 
 def frames_for_sources(
@@ -127,13 +147,13 @@ def write_dicom_seg(
         raise InputError(source, "--format dicom-seg needs a DICOM series folder as input; this is a file")
     if headers is None:
         headers = source_headers(source, series_uid)
-    frames = frames_for_sources(labels, affine_ras, headers, source)
     first = headers[0]
     missing = missing_seg_reference_tags(first)
     if missing:
         raise InputError(source, f"cannot reference this series in a DICOM SEG: its slices lack {', '.join(missing)}")
+    frames = frames_for_sources(labels, affine_ras, headers, source)
     segmentation = hd.seg.Segmentation(
-        source_images=headers,
+        source_images=with_slice_thickness(headers),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues(segmentation_type),
         segment_descriptions=segment_descriptions(entries, algorithm, medattn3d.__version__),

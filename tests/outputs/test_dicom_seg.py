@@ -92,3 +92,32 @@ def test_dicom_seg_of_pydicoms_real_ct_series(tmp_path):
         assert np.allclose(nifti.TransformIndexToPhysicalPoint((0, 0, k)), headers[uid].ImagePositionPatient, atol=1e-3)
         assert np.array_equal(stacked[k], reference[k])
     assert reference.any() and seg.FrameOfReferenceUID == headers[uids[0]].FrameOfReferenceUID
+
+
+def test_a_series_without_slice_thickness_still_gets_a_seg(dicom_case, tmp_path):
+    """SliceThickness is type 2 and often missing after conversion or anonymisation; highdicom needs it, so the SEG
+    carries the slice spacing (2.5 mm here) and the user's files stay as they were."""
+    series, mask = dicom_case
+    for path in sorted(series.iterdir()):
+        header = pydicom.dcmread(path)
+        del header.SliceThickness
+        header.save_as(path)
+    before = {p.name: p.read_bytes() for p in series.iterdir()}
+    data, logits, infer = prepared(series, mask, None)
+    write_case(logits, data, infer, tmp_path / "out", "series", CLASS_NAMES, ("nifti", "dicom-seg"))
+    seg = hd.seg.segread(tmp_path / "out" / "series_seg.dcm")
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(2.5)
+    assert {p.name: p.read_bytes() for p in series.iterdir()} == before
+
+
+def test_a_series_without_pixel_spacing_is_refused_before_compute(dicom_case):
+    from medattn3d.data.inputs import check_header
+
+    series, _ = dicom_case
+    for path in sorted(series.iterdir()):
+        header = pydicom.dcmread(path)
+        del header.PixelSpacing
+        header.save_as(path)
+    with pytest.raises(InputError, match="its slices lack PixelSpacing"):
+        check_header(series, 1, ("nifti", "dicom-seg"))
