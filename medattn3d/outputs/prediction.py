@@ -32,6 +32,7 @@ from medattn3d.outputs.naming import (
     SLICER_TABLE_SUFFIX,
     case_output_names,
     check_formats,
+    expected_outputs,
     split_name,
 )
 from medattn3d.outputs.tables import (
@@ -139,36 +140,43 @@ def write_restored(
     entries = label_entries(labels, names, float(np.prod(spacing)))
     base = output_dir / f"{name}_{output_postfix}"
     written: list[Path] = []
-    for fmt in formats:
-        path = Path(f"{base}{FORMAT_SUFFIXES[fmt]}")
-        if fmt == "nifti":
-            write_nifti_labels(path, labels, affine)
-        elif fmt == "nrrd":
-            write_seg_nrrd(path, labels, affine, entries)
-        else:
-            from medattn3d.outputs.dicom_seg import write_dicom_seg  # highdicom import only when asked for
+    try:
+        for fmt in formats:
+            path = Path(f"{base}{FORMAT_SUFFIXES[fmt]}")
+            if fmt == "nifti":
+                write_nifti_labels(path, labels, affine)
+            elif fmt == "nrrd":
+                write_seg_nrrd(path, labels, affine, entries)
+            else:
+                from medattn3d.outputs.dicom_seg import write_dicom_seg  # highdicom import only when asked for
 
-            algorithm = str((model_info or {}).get("name", "medattn3d"))
-            write_dicom_seg(path, labels, affine, entries, source, series_uid=series_uid, algorithm=algorithm)
-        written.append(path)
-    probability_path = output_dir / f"{name}_{PROBABILITIES_POSTFIX}.nii.gz"
-    files = {fmt: p.name for fmt, p in zip(formats, written, strict=True)}
-    if save_probabilities:
-        files["probabilities"] = probability_path.name
-    files |= {
-        "slicer_color_table": f"{base.name}{SLICER_TABLE_SUFFIX}",
-        "itksnap_labels": f"{base.name}{ITKSNAP_TABLE_SUFFIX}",
-    }
-    tables = {
-        SLICER_TABLE_SUFFIX: slicer_color_table(entries, base.name),
-        ITKSNAP_TABLE_SUFFIX: itksnap_label_description(entries),
-        SIDECAR_SUFFIX: sidecar(entries, files, str(source), spacing, labels.shape, model_info),
-    }
-    if save_probabilities:
-        written.append(write_probabilities(probability_path, probabilities, affine))
-    # the sidecar goes last: when it exists, every other file of the case is complete
-    for suffix in (SLICER_TABLE_SUFFIX, ITKSNAP_TABLE_SUFFIX, SIDECAR_SUFFIX):
-        written.append(atomic_write_text(Path(f"{base}{suffix}"), tables[suffix]))
+                algorithm = str((model_info or {}).get("name", "medattn3d"))
+                write_dicom_seg(path, labels, affine, entries, source, series_uid=series_uid, algorithm=algorithm)
+            written.append(path)
+        probability_path = output_dir / f"{name}_{PROBABILITIES_POSTFIX}.nii.gz"
+        files = {fmt: p.name for fmt, p in zip(formats, written, strict=True)}
+        if save_probabilities:
+            files["probabilities"] = probability_path.name
+        files |= {
+            "slicer_color_table": f"{base.name}{SLICER_TABLE_SUFFIX}",
+            "itksnap_labels": f"{base.name}{ITKSNAP_TABLE_SUFFIX}",
+        }
+        tables = {
+            SLICER_TABLE_SUFFIX: slicer_color_table(entries, base.name),
+            ITKSNAP_TABLE_SUFFIX: itksnap_label_description(entries),
+            SIDECAR_SUFFIX: sidecar(entries, files, str(source), spacing, labels.shape, model_info),
+        }
+        if save_probabilities:
+            written.append(write_probabilities(probability_path, probabilities, affine))
+        # the sidecar goes last: when it exists, every other file of the case is complete
+        for suffix in (SLICER_TABLE_SUFFIX, ITKSNAP_TABLE_SUFFIX, SIDECAR_SUFFIX):
+            written.append(atomic_write_text(Path(f"{base}{suffix}"), tables[suffix]))
+    except BaseException:
+        # no half-written case: every file this call was to write goes, an earlier run's copy included (its sidecar
+        # would otherwise mark a mixed set as complete); the case is then simply not done, for --continue too
+        for path in {*written, *expected_outputs(output_dir, name, formats, save_probabilities, output_postfix)}:
+            path.unlink(missing_ok=True)
+        raise
     return written
 
 
