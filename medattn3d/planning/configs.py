@@ -315,8 +315,9 @@ def evaluate_config(source: DataSource) -> dict[str, Any]:
             *load_weights("$os.path.join(@ckpt_dir, 'model.pt')"),
             validation_log(),
             {
-                "_target_": "MetricsSaver",
+                "_target_": "medattn3d.training.NamedMetricsSaver",
                 "save_dir": "@output_dir",
+                "class_names": "@class_names",
                 "metrics": ["val_mean_dice"],
                 "metric_details": ["val_mean_dice"],
                 "batch_transform": "$lambda batch: [item['image'].meta for item in batch]",

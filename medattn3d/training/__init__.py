@@ -9,5 +9,14 @@ from medattn3d.training.checkpoints import (
     atomic_save,
     load_weights,
 )
+from medattn3d.training.metrics_saver import NamedMetricsSaver
 
-__all__ = ["BestModelSaver", "FinalValidation", "LoadWeights", "TrainingCheckpoint", "atomic_save", "load_weights"]
+__all__ = [
+    "BestModelSaver",
+    "FinalValidation",
+    "LoadWeights",
+    "NamedMetricsSaver",
+    "TrainingCheckpoint",
+    "atomic_save",
+    "load_weights",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -165,15 +166,16 @@ class TrainingReport:
 
 
 def dice_table(eval_dir: Path, class_names: dict[str, str]) -> list[tuple[str, float]]:
-    """Per-class mean Dice from MONAI's ``MetricsSaver`` summary CSV (``val_mean_dice_summary.csv``), named by
-    ``class_names`` (``{"1": "liver", ...}``; the metric leaves out the background, so its ``class0`` is label 1)."""
+    """Per-class mean Dice from the ``MetricsSaver`` summary CSV (``val_mean_dice_summary.csv``): rows named by
+    :class:`~medattn3d.training.NamedMetricsSaver` as they are, MONAI's ``class0``, ... (an older evaluation) named
+    by ``class_names`` (``{"1": "liver", ...}``; the metric leaves out the background, so ``class0`` is label 1)."""
     rows: list[tuple[str, float]] = []
     with open(eval_dir / "val_mean_dice_summary.csv", encoding="utf-8") as stream:
         for row in csv.reader(stream):
             if not row or row[0] == "class":  # the header row
                 continue
             name = row[0]
-            if name.startswith("class"):
+            if re.fullmatch(r"class\d+", name):  # MONAI's default column names (class0 = label 1)
                 index = str(int(name.removeprefix("class")) + 1)
                 name = class_names.get(index, name)
             rows.append((name, float(row[1])))

@@ -70,7 +70,9 @@ def test_train_evaluate_infer_export(bundle_copy, tiny_data):
 
     bundle_run(bundle, ["train.json", "evaluate.json"], overrides)
     summary = (bundle / "eval" / "val_mean_dice_summary.csv").read_text(encoding="utf-8")
-    assert "class0" in summary and "mean" in summary
+    labels = json.loads((tiny_data / "dataset.json").read_text(encoding="utf-8"))["labels"]
+    foreground = [labels[k] for k in sorted(labels, key=int) if k != "0"]
+    assert [line.split(",")[0] for line in summary.splitlines()] == ["class", *foreground, "mean"]
 
     bundle_run(bundle, ["inference.json"], overrides)
     test_image = tiny_data / "imagesTs" / "case_003.nii.gz"
