@@ -181,6 +181,7 @@ def run_bundle(bundle: Path, configs: list[str], quiet: bool = True, **overrides
     logging_file: str | bool = False
     if quiet:
         _medattn3d_console()
+        overrides = {**quiet_overrides(bundle, configs), **overrides}
     else:
         logging_file = str(bundle / "configs" / "logging.conf")
     files = [str(bundle / "configs" / c) for c in configs]
@@ -191,6 +192,12 @@ def run_bundle(bundle: Path, configs: list[str], quiet: bool = True, **overrides
         bundle_root=str(bundle),
         **overrides,
     )
+
+
+def quiet_overrides(bundle: Path, configs: list[str]) -> dict[str, bool]:
+    """``{"show_progress": False}`` when one of ``configs`` has that setting (the planned bundles' switch for their
+    caching and epoch progress bars, the only output a quiet run would otherwise show); nothing otherwise."""
+    return {"show_progress": False} if any("show_progress" in read_config(bundle, c) for c in configs) else {}
 
 
 def read_config(bundle: Path, config: str = "inference.json") -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -20,8 +21,10 @@ from medattn3d.data.blocks import block_stream, copy_blocked, tile_slices
 from medattn3d.data.dicom import inspect_series
 from medattn3d.errors import InputError
 
-# MONAI logs a warning about an optional GPU DICOM decoder each time a loader is built: noise for our users.
+# MONAI logs (and, building a LoadImage, warns) that an optional GPU DICOM decoder is missing each time a loader is
+# built: noise for our users on every CPU, in the CLI and in bundle runs alike (their configs import this module).
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
 
 
 # The package's one list of the file suffixes it reads as volumes (a folder is read as a DICOM series).

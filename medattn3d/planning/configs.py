@@ -157,6 +157,7 @@ def train_config(template: Template, values: Mapping[str, Any], source: DataSour
         "learning_rate": values["learning_rate"],
         "num_workers": 0,
         "cache_rate": 1.0,
+        "show_progress": True,  # the caching and epoch bars; `medattn3d train -q` turns them off
         "loss": template.architecture.loss(),
         "optimizer": {
             "_target_": "torch.optim.AdamW",
@@ -179,6 +180,7 @@ def train_config(template: Template, values: Mapping[str, Any], source: DataSour
                 "transform": "@train#preprocessing",
                 "cache_rate": "@cache_rate",
                 "num_workers": "@num_workers",
+                "progress": "@show_progress",
             },
             "dataloader": {
                 "_target_": "DataLoader",
@@ -207,7 +209,12 @@ def train_config(template: Template, values: Mapping[str, Any], source: DataSour
                     "save_dict": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
                     "resume": "@resume",
                 },
-                {"_target_": "ignite.handlers.ProgressBar", "persist": True, "desc": "train"},
+                {
+                    "_target_": "ignite.handlers.ProgressBar",
+                    "persist": True,
+                    "desc": "train",
+                    "disable": "$not @show_progress",
+                },
                 {
                     "_target_": "StatsHandler",
                     "tag_name": "train_loss",
@@ -248,6 +255,7 @@ def train_config(template: Template, values: Mapping[str, Any], source: DataSour
                 "transform": "@validate#preprocessing",
                 "cache_rate": "@cache_rate",
                 "num_workers": "@num_workers",
+                "progress": "@show_progress",
             },
             "dataloader": {
                 "_target_": "DataLoader",

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from medattn3d import __version__, bundles, cli
+from medattn3d.bundles import BUNDLES_DIR
 from medattn3d.errors import InputError
 
 
@@ -91,3 +92,13 @@ def test_quiet_monai_hides_info_logs_and_the_trust_warning():
     bundles.quiet_monai(False)
     assert logging.getLogger("monai.bundle.scripts").getEffectiveLevel() == logging.INFO
     bundles.quiet_monai(True)
+
+
+def test_quiet_runs_turn_off_the_progress_bars(tmp_path):
+    assert bundles.quiet_overrides(BUNDLES_DIR / "attention_unet_3d", ["train.json", "evaluate.json"]) == {
+        "show_progress": False
+    }
+    # a bundle without the switch (written by hand, or planned before it) gets no override it would not know
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text('{"train": {"dataset": {"_target_": "CacheDataset"}}}')
+    assert bundles.quiet_overrides(tmp_path, ["train.json"]) == {}
