@@ -455,7 +455,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     from medattn3d.data.check import main as check_main
 
-    return check_main([args.manifest] + (["--root", args.root] if args.root else []))
+    root = ["--root", args.root] if args.root else []
+    return check_main([args.manifest, *root, "--spatial-dims", str(args.spatial_dims)])
 
 
 def cmd_networks(args: argparse.Namespace) -> int:
@@ -603,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-data", help="list every problem in a manifest and its files")
     check.add_argument("manifest")
     check.add_argument("--root")
+    check.add_argument(
+        "--spatial-dims", type=int, choices=(2, 3), default=3, help="2: for a 2D bundle (single slices are fine)"
+    )
     check.set_defaults(func=cmd_check_data)
     sub.add_parser("networks", help="build every network on a random volume; shapes and sizes").set_defaults(
         func=cmd_networks

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from medattn3d.data.loading import CheckVolumed, load_volume
+from medattn3d.data.loading import CheckVolumed, load_volume, minimum_shape
 from medattn3d.data.manifest import SECTIONS, read_manifest
 from medattn3d.errors import InputError
 
@@ -53,11 +53,14 @@ def _entry_problem(path: Path, section: str, entry: Any) -> tuple[dict[str, Any]
     return record, None
 
 
-def check_dataset(datalist_path: str | Path, root: str | Path | None = None, workers: int = 1) -> list[str]:
+def check_dataset(
+    datalist_path: str | Path, root: str | Path | None = None, workers: int = 1, spatial_dims: int = 3
+) -> list[str]:
     """Every problem found in the datalist at ``datalist_path`` and its files, as ``"<file>: <problem>"`` lines
     (empty when the dataset is usable). ``root`` (default: the datalist's folder) is what its paths are relative to.
     ``workers`` > 1 reads the cases in that many processes when there is enough data (:mod:`medattn3d.data.workers`);
-    the lines come in the datalist's order either way.
+    the lines come in the datalist's order either way. ``spatial_dims=2`` checks for a 2D network, which also takes
+    volumes of a single slice.
     """
     path = Path(datalist_path)
     try:
@@ -68,7 +71,7 @@ def check_dataset(datalist_path: str | Path, root: str | Path | None = None, wor
     base = Path(root) if root is not None else path.parent
     channels = len(manifest["modality"]) if isinstance(manifest["modality"], (dict, list)) else 1
     classes = len(manifest["labels"]) if isinstance(manifest["labels"], dict) else None
-    checker = CheckVolumed(num_classes=classes, channels=max(channels, 1))
+    checker = CheckVolumed(num_classes=classes, channels=max(channels, 1), min_size=minimum_shape(spatial_dims))
     listed, seen, records = 0, {}, []
     for section in SECTIONS:
         entries = manifest.get(section) or []
@@ -140,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("manifest", help="the datalist: MSD's dataset.json or a manifest")
     parser.add_argument("--root", help="data root the datalist's paths are relative to (default: its folder)")
     parser.add_argument("--workers", type=int, default=2, help="processes reading the cases (default 2)")
+    parser.add_argument(
+        "--spatial-dims",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="the network the data is for: 2 also takes single-slice volumes (default 3)",
+    )
     args = parser.parse_args(argv)
-    problems = check_dataset(args.manifest, args.root, args.workers)
+    problems = check_dataset(args.manifest, args.root, args.workers, args.spatial_dims)
     for line in problems:
         print(line)
     if problems:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from medattn3d.data.loading import VOLUME_SUFFIXES
+from medattn3d.data.loading import VOLUME_SUFFIXES, too_small
 from medattn3d.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -90,13 +90,17 @@ def group_channel_files(paths: Sequence[Path], channels: int) -> tuple[list[Path
 
 
 def check_case(
-    files: Sequence[Path], channels: int, formats: Sequence[str] = ("nifti",), series_uid: str | None = None
+    files: Sequence[Path],
+    channels: int,
+    formats: Sequence[str] = ("nifti",),
+    series_uid: str | None = None,
+    min_size: int | Sequence[int] = 4,
 ) -> None:
     """:func:`check_header` for one case: a single input, or one file per channel (``files`` from
     :func:`group_channel_files`), which must be ``_0000`` up to the bundle's channel count, each one 3D volume of
     the first's shape (the grids are compared when the voxels are read)."""
     if len(files) == 1:
-        check_header(files[0], channels, formats, series_uid)
+        check_header(files[0], channels, formats, series_uid, min_size)
         return
     numbers = [CHANNEL_FILE.match(f.name)["channel"] for f in files]
     wanted = [f"{i:04d}" for i in range(channels)]
@@ -108,16 +112,16 @@ def check_case(
         )
     if "dicom-seg" in formats:
         raise InputError(files[0], "--format dicom-seg needs a DICOM input (a series folder); this is not DICOM")
-    first = _checked_shape(files[0])
+    first = _checked_shape(files[0], min_size)
     for path in files[1:]:
-        shape = _checked_shape(path)
+        shape = _checked_shape(path, min_size)
         if shape != first:
             raise InputError(path, f"channel shape {shape} differs from the first channel's {first} ({files[0]})")
 
 
-def _checked_shape(path: Path) -> tuple[int, ...]:
+def _checked_shape(path: Path, min_size: int | Sequence[int] = 4) -> tuple[int, ...]:
     """A channel file's shape after :func:`check_header` accepted it as one 3D volume."""
-    check_header(path, 1)
+    check_header(path, 1, min_size=min_size)
     return _header_shape(path)[:3]
 
 
@@ -144,11 +148,15 @@ def _header_shape(path: Path) -> tuple[int, ...]:
 
 
 def check_header(
-    path: Path, channels: int = 1, formats: Sequence[str] = ("nifti",), series_uid: str | None = None, min_size: int = 4
+    path: Path,
+    channels: int = 1,
+    formats: Sequence[str] = ("nifti",),
+    series_uid: str | None = None,
+    min_size: int | Sequence[int] = 4,
 ) -> None:
     """Reject an input from its header alone (no voxel is read): unreadable, not 3D (or 4D with ``channels``
-    channels), an axis under ``min_size`` voxels, an inconsistent DICOM series, DICOM SEG asked of a non-DICOM input
-    or of a series it cannot reference.
+    channels), an axis under ``min_size`` voxels (one size, or one per axis: ``loading.minimum_shape``), an
+    inconsistent DICOM series, DICOM SEG asked of a non-DICOM input or of a series it cannot reference.
     The voxel checks (non-finite values) run when the case is loaded."""
     if not path.exists():
         raise InputError(path, "file not found")
@@ -177,11 +185,12 @@ def check_header(
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             raise InputError(path, f"cannot be read as an image ({reason[:300]})") from err
     if len(shape) < 3 or len(shape) > 4 or (len(shape) == 4 and shape[3] != channels):
+        hint = " (a 2D image: save it as a one-slice volume, shape (X, Y, 1))" if len(shape) == 2 else ""
         raise InputError(
-            path, f"is {len(shape)}D (shape {shape}) where a 3D volume with {channels} channel(s) is expected"
+            path, f"is {len(shape)}D (shape {shape}) where a 3D volume with {channels} channel(s) is expected{hint}"
         )
     if len(shape) == 3 and channels != 1:
         raise InputError(path, f"has 1 channel (shape {shape}) where {channels} are expected")
-    small = [i for i, s in enumerate(shape[:3]) if s < min_size]
-    if small:
-        raise InputError(path, f"is too small: shape {shape[:3]} has axis {small[0]} below the minimum of {min_size}")
+    problem = too_small(shape, min_size)
+    if problem:
+        raise InputError(path, problem)

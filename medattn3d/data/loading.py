@@ -27,6 +27,22 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
 
 
+def minimum_shape(spatial_dims: int = 3, min_size: int = 4) -> tuple[int, int, int]:
+    """Smallest volume a bundle takes, per axis: ``min_size`` voxels on every axis for a 3D network; for a 2D network
+    (run slice by slice over the third axis) ``min_size`` in plane and a single slice, so one 2D image stored as an
+    ``(X, Y, 1)`` volume is a valid input."""
+    return (min_size, min_size, 1) if spatial_dims == 2 else (min_size, min_size, min_size)
+
+
+def too_small(shape: Sequence[int], min_size: int | Sequence[int]) -> str | None:
+    """Why ``shape`` (its first three axes) is under ``min_size`` (one size, or one per axis), or ``None``."""
+    minimum = [min_size] * 3 if isinstance(min_size, int) else list(min_size)
+    small = [i for i, (s, m) in enumerate(zip(shape[:3], minimum, strict=False)) if s < m]
+    if not small:
+        return None
+    return f"is too small: shape {tuple(shape[:3])} has axis {small[0]} below the minimum of {minimum[small[0]]} voxels"
+
+
 # The package's one list of the file suffixes it reads as volumes (a folder is read as a DICOM series).
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
 # Those read with nibabel (the rest go to MONAI's suffix-based choice, ITK for NRRD/MHA/DICOM).
@@ -324,7 +340,8 @@ class CheckVolumed(MapTransform):
         channels: expected image channels (a 4D image must have exactly this many in its last axis).
         num_classes: labels must be integers in ``[0, num_classes)``; ``None`` skips the value check.
         spatial_dims: 3 for volumes; 2 for plain 2D images.
-        min_size: smallest size per spatial axis, in voxels.
+        min_size: smallest size per spatial axis, in voxels: one for all, or one per axis
+            (:func:`minimum_shape`: a 2D network takes a single slice).
         affine_tolerance: largest allowed absolute difference between image and label affines (mm).
     """
 
@@ -335,7 +352,7 @@ class CheckVolumed(MapTransform):
         channels: int = 1,
         num_classes: int | None = None,
         spatial_dims: int = 3,
-        min_size: int = 4,
+        min_size: int | Sequence[int] = 4,
         affine_tolerance: float = 1e-3,
     ) -> None:
         keys = [image_key] + ([label_key] if label_key else [])
@@ -360,15 +377,9 @@ class CheckVolumed(MapTransform):
             )
         if len(shape) == dims and self.channels != 1:
             found.append(InputError(path, f"has 1 channel (shape {shape}) where {self.channels} are expected"))
-        small = [i for i, s in enumerate(shape[:dims]) if s < self.min_size]
-        if small:
-            found.append(
-                InputError(
-                    path,
-                    f"is too small: shape {shape[:dims]} has axis {small[0]} below the minimum of {self.min_size} "
-                    "voxels",
-                )
-            )
+        problem = too_small(shape[:dims], self.min_size)
+        if problem:
+            found.append(InputError(path, problem))
         bad = non_finite_count(image)
         if bad:
             found.append(InputError(path, f"contains {bad} non-finite (NaN or Inf) intensities"))

@@ -25,7 +25,7 @@ from monai.transforms import (
     Transform,
 )
 
-from medattn3d.data.loading import CheckVolumed, LoadVolumed
+from medattn3d.data.loading import CheckVolumed, LoadVolumed, minimum_shape
 from medattn3d.data.normalization import NormalizeChannelsd, check_normalization
 from medattn3d.data.resample import FastInverseSpacingd
 
@@ -123,7 +123,11 @@ def segmentation_transforms(
     steps: list[Transform] = [
         LoadVolumed(keys, series_uid=series_uid),
         CheckVolumed(
-            image_key, label_key if labelled else None, channels=channels, num_classes=num_classes, min_size=min_size
+            image_key,
+            label_key if labelled else None,
+            channels=channels,
+            num_classes=num_classes,
+            min_size=minimum_shape(spatial_dims, min_size),
         ),
         EnsureChannelFirstd(keys),
     ]

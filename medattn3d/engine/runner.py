@@ -71,6 +71,7 @@ class BundleModel:
     class_names: dict[str, str]
     in_channels: int
     info: dict[str, Any] = field(default_factory=dict)
+    spatial_dims: int = 3
 
     @classmethod
     def from_bundle(
@@ -108,6 +109,7 @@ class BundleModel:
             device=device,
             class_names={str(k): str(v) for k, v in names.items()},
             in_channels=int(parser.get_parsed_content("in_channels")),
+            spatial_dims=int(parser.get_parsed_content("spatial_dims", default=3)),
             info={
                 "name": f"medattn3d {bundle.name}",
                 "bundle": str(bundle),
@@ -211,6 +213,12 @@ class InferenceRun:
     print_line: Callable[[str], None] | None = print
     channel_files: dict[Path, list[Path]] = field(default_factory=dict)
 
+    @property
+    def _min_size(self) -> tuple[int, int, int]:
+        from medattn3d.data.loading import minimum_shape
+
+        return minimum_shape(self.model.spatial_dims)
+
     def _files(self, path: Path) -> list[Path]:
         return self.channel_files.get(path, [path])
 
@@ -245,7 +253,7 @@ class InferenceRun:
                 summary.skipped.append(str(path))
                 continue
             try:
-                check_case(self._files(path), self.model.in_channels, self.formats, self.series_uid)
+                check_case(self._files(path), self.model.in_channels, self.formats, self.series_uid, self._min_size)
             except InputError as err:
                 summary.failed[str(path)] = str(err)
                 continue

@@ -134,7 +134,8 @@ def build_bundle(
     datalist_path = Path(datalist).expanduser().resolve() if datalist else root / "dataset.json"
     out = Path(out).expanduser().resolve()
     _check_out(out, source.datalist if source is not None else str(datalist_path))
-    problems = check_dataset(datalist_path, root, workers=workers) if check else []
+    spatial_dims = TEMPLATES[template].spatial_dims
+    problems = check_dataset(datalist_path, root, workers=workers, spatial_dims=spatial_dims) if check else []
     if problems:
         raise DatasetError(datalist_path, problems)
     manifest = read_manifest(datalist_path)

@@ -19,17 +19,18 @@ CLASS_NAMES: dict[str, str] = json.loads(
 )["class_names"]
 
 
-def make_tiny_bundle(target: Path, in_channels: int = 1) -> Path:
-    """Copy attention_unet_3d's configs, shrink its network and grid (``in_channels`` input channels), save random
-    weights as models/model.pt."""
+def make_tiny_bundle(target: Path, in_channels: int = 1, spatial_dims: int = 3) -> Path:
+    """Copy attention_unet_3d's (or _2d's) configs, shrink its network and grid (``in_channels`` input channels),
+    save random weights as models/model.pt."""
     from monai.bundle import ConfigParser
 
-    shutil.copytree(BUNDLES_DIR / "attention_unet_3d", target, ignore=shutil.ignore_patterns("models", "eval", "pred*"))
+    source = BUNDLES_DIR / f"attention_unet_{spatial_dims}d"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("models", "eval", "pred*"))
     for name in ("inference.json", "train.json"):
         config_file = target / "configs" / name
         config = json.loads(config_file.read_text(encoding="utf-8"))
         config["network_def"].update({"channels": [4, 8, 16], "strides": [2, 2], "deep_supervision": False})
-        config.update({"roi_size": [16, 16, 16], "pixdim": [4.0, 4.0, 4.0], "precision": "fp32"})
+        config.update({"roi_size": [16] * spatial_dims, "pixdim": [4.0, 4.0, 4.0], "precision": "fp32"})
         config["in_channels"] = in_channels
         config["normalization"] = config["normalization"] * in_channels  # one entry per channel
         config_file.write_text(json.dumps(config, indent=4))

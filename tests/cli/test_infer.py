@@ -11,7 +11,7 @@ import pytest
 from medattn3d import cli
 from medattn3d.engine import runner
 from medattn3d.engine.runner import RunSummary, select_part
-from tests.cli.conftest import CLASS_NAMES, ct
+from tests.cli.conftest import CLASS_NAMES, ct, make_tiny_bundle
 from tests.helpers import save_nifti, write_dicom_series
 
 
@@ -242,3 +242,13 @@ def test_infer_points_to_int8_only_where_it_pays(tmp_path, tiny_bundle, capsys, 
     assert _infer(tiny_bundle, image, tmp_path / "out", "--precision", "auto", *extra) == 0
     out = capsys.readouterr().out
     assert ("medattn3d export --bundle" in out and "--format openvino-int8" in out) is expected
+
+
+def test_a_two_d_bundle_segments_a_single_slice_and_a_three_d_one_refuses_it(tmp_path, tiny_bundle, capsys):
+    image = ct(tmp_path / "slice.nii.gz", shape=(40, 36, 1))
+    bundle_2d = make_tiny_bundle(tmp_path / "tiny_2d", spatial_dims=2)
+    assert _infer(bundle_2d, image, tmp_path / "o2") == 0
+    written = nib.load(str(tmp_path / "o2" / "slice_seg.nii.gz"))
+    assert written.shape == (40, 36, 1) and np.allclose(written.affine, nib.load(str(image)).affine, atol=1e-4)
+    assert _infer(tiny_bundle, image, tmp_path / "o3") == 1
+    assert "slice.nii.gz: is too small: shape (40, 36, 1) has axis 2 below the minimum of 4" in capsys.readouterr().err

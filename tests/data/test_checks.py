@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from medattn3d.data.loading import CheckVolumed, load_volume
+from medattn3d.data.loading import CheckVolumed, load_volume, minimum_shape
 from medattn3d.data.transforms import ct_transforms
 from medattn3d.errors import InputError, find_input_error
 from tests.helpers import save_nifti
@@ -155,3 +155,43 @@ def test_non_finite_count_equals_isfinite(bad):
     assert non_finite_count(values) == int((~torch.isfinite(values)).sum()) == 2
     assert non_finite_count(values.numpy()) == 2
     assert non_finite_count(torch.ones(3, 3, dtype=torch.int16)) == 0
+
+
+def test_a_two_d_bundle_takes_a_single_slice_and_a_three_d_one_does_not(tmp_path):
+    """A 2D network runs slice by slice, so one image stored as an (X, Y, 1) volume is a whole input for it."""
+    from medattn3d.data.inputs import check_header
+
+    path = save_nifti(np.zeros((96, 80, 1), np.float32), np.eye(4), tmp_path / "slice.nii.gz")
+    data = ct_transforms("infer", pixdim=None, spatial_dims=2, roi_size=(32, 32))({"image": str(path)})
+    assert tuple(data["image"].shape) == (1, 96, 80, 1)
+    check_header(path, min_size=minimum_shape(2))
+    with pytest.raises(InputError, match=r"slice.nii.gz: is too small: shape \(96, 80, 1\) has axis 2 below the min"):
+        check_header(path, min_size=minimum_shape(3))
+    with pytest.raises(Exception) as info:
+        ct_transforms("infer", pixdim=None)({"image": str(path)})
+    assert "below the minimum of 4 voxels" in find_input_error(info.value).problem
+    flat = save_nifti(np.zeros((96, 80), np.float32), np.eye(4), tmp_path / "flat.nii.gz")
+    with pytest.raises(InputError, match=r"save it as a one-slice volume, shape \(X, Y, 1\)"):
+        check_header(flat, min_size=minimum_shape(2))
+
+
+def test_dataset_check_for_a_two_d_network_takes_single_slices(tmp_path):
+    import json
+
+    from medattn3d.data.check import check_dataset
+
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    label = np.zeros((32, 30, 1), np.uint8)
+    label[8:20, 8:20] = 1
+    save_nifti(np.zeros((32, 30, 1), np.float32), np.eye(4), tmp_path / "imagesTr" / "s.nii.gz")
+    save_nifti(label, np.eye(4), tmp_path / "labelsTr" / "s.nii.gz")
+    manifest = {
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "blob"},
+        "training": [{"image": "./imagesTr/s.nii.gz", "label": "./labelsTr/s.nii.gz"}],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(manifest))
+    assert check_dataset(tmp_path / "dataset.json", spatial_dims=2) == []
+    problems = check_dataset(tmp_path / "dataset.json")
+    assert len(problems) == 1 and "s.nii.gz: is too small: shape (32, 30, 1)" in problems[0]
