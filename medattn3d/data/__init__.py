@@ -1,6 +1,7 @@
 """Data: checked loading, transform presets, normalisation, datalists (MSD / manifests, folds) and the demo dataset."""
 
 from medattn3d.data.check import check_dataset
+from medattn3d.data.classes import class_values
 from medattn3d.data.demo import generate_demo_dataset
 from medattn3d.data.fast_gzip import enable_fast_gzip
 from medattn3d.data.loading import VOLUME_SUFFIXES, CheckVolumed, LoadVolumed, load_volume
@@ -12,6 +13,7 @@ from medattn3d.data.transforms import ct_transforms, mri_transforms, segmentatio
 enable_fast_gzip()  # every NIfTI read or written through nibabel uses ISA-L when isal is installed
 
 __all__ = [
+    "class_values",
     "VOLUME_SUFFIXES",
     "CheckVolumed",
     "FastInverseSpacingd",

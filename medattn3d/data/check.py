@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from medattn3d.data.classes import class_values
 from medattn3d.data.loading import CheckVolumed, load_volume, minimum_shape
 from medattn3d.data.manifest import SECTIONS, read_manifest
 from medattn3d.errors import InputError
@@ -29,11 +30,12 @@ def _header_problems(path: Path, manifest: dict[str, Any]) -> list[str]:
     if not isinstance(labels, dict) or not labels:
         problems.append(f'{path}: \'labels\' must be a dict like {{"0": "background", "1": "spleen"}}')
     else:
-        keys = sorted(labels, key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k)))
-        if keys != [str(i) for i in range(len(labels))]:
+        keys = [str(k) for k in labels]
+        if not all(k.isdigit() for k in keys) or len({int(k) for k in keys}) != len(keys) or "0" not in keys:
+            shown = ", ".join(sorted(keys))
             problems.append(
-                f"{path}: 'labels' keys must be the label values 0..{len(labels) - 1}, got {', '.join(map(str, keys))} "
-                "(remap the label values to consecutive integers)"
+                f"{path}: 'labels' keys must be the label values in the files, distinct integers >= 0 with 0 the "
+                f"background (e.g. 0, 1, 2 or BraTS' 0, 1, 2, 4), got {shown}"
             )
     if not isinstance(modality, (dict, list)) or not modality:
         problems.append(f'{path}: \'modality\' must name one modality per input channel, e.g. {{"0": "CT"}}')
@@ -70,8 +72,12 @@ def check_dataset(
     problems = _header_problems(path, manifest)
     base = Path(root) if root is not None else path.parent
     channels = len(manifest["modality"]) if isinstance(manifest["modality"], (dict, list)) else 1
-    classes = len(manifest["labels"]) if isinstance(manifest["labels"], dict) else None
-    checker = CheckVolumed(num_classes=classes, channels=max(channels, 1), min_size=minimum_shape(spatial_dims))
+    labels = manifest["labels"]
+    classes = len(labels) if isinstance(labels, dict) else None
+    values = class_values(labels) if isinstance(labels, dict) else None
+    checker = CheckVolumed(
+        num_classes=classes, channels=max(channels, 1), min_size=minimum_shape(spatial_dims), class_values=values
+    )
     listed, seen, records = 0, {}, []
     for section in SECTIONS:
         entries = manifest.get(section) or []

@@ -18,6 +18,7 @@ from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform
 
 from medattn3d.data.blocks import block_stream, copy_blocked, tile_slices
+from medattn3d.data.classes import is_identity
 from medattn3d.data.dicom import inspect_series
 from medattn3d.errors import InputError
 
@@ -343,6 +344,8 @@ class CheckVolumed(MapTransform):
         min_size: smallest size per spatial axis, in voxels: one for all, or one per axis
             (:func:`minimum_shape`: a 2D network takes a single slice).
         affine_tolerance: largest allowed absolute difference between image and label affines (mm).
+        class_values: the label values the dataset uses (:func:`medattn3d.data.classes.class_values`), checked
+            instead of ``[0, num_classes)`` when given (BraTS: 0, 1, 2, 4).
     """
 
     def __init__(
@@ -354,12 +357,14 @@ class CheckVolumed(MapTransform):
         spatial_dims: int = 3,
         min_size: int | Sequence[int] = 4,
         affine_tolerance: float = 1e-3,
+        class_values: Sequence[int] | None = None,
     ) -> None:
         keys = [image_key] + ([label_key] if label_key else [])
         super().__init__(keys, allow_missing_keys=True)
         self.image_key, self.label_key = image_key, label_key
         self.channels, self.num_classes = channels, num_classes
         self.spatial_dims, self.min_size, self.affine_tolerance = spatial_dims, min_size, affine_tolerance
+        self.class_values = [int(v) for v in class_values] if class_values is not None else None
 
     def image_problems(self, image: Any) -> list[InputError]:
         """Everything wrong with ``image`` (rank and channels, size, non-finite values), each naming its file."""
@@ -412,15 +417,23 @@ class CheckVolumed(MapTransform):
         if values.is_floating_point() and not torch.equal(values, torch.round(values)):
             example = float(values[values != torch.round(values)][0])
             found.append(InputError(path, f"label holds non-integer values, e.g. {example}"))
-        elif self.num_classes is not None:
-            outside = [int(v) for v in values if v < 0 or v >= self.num_classes]
+        elif self.class_values is not None and not is_identity(self.class_values):
+            allowed = set(self.class_values)
+            outside = [int(v) for v in values if int(v) not in allowed]
             if outside:
                 found.append(
                     InputError(
                         path,
-                        f"label values {outside[:10]} lie outside the {self.num_classes} classes "
-                        f"0..{self.num_classes - 1}",
+                        f"label values {outside[:10]} are not among the dataset's labels "
+                        f"{', '.join(map(str, self.class_values))}",
                     )
+                )
+        elif self.num_classes is not None or self.class_values is not None:
+            classes = self.num_classes if self.num_classes is not None else len(self.class_values or [])
+            outside = [int(v) for v in values if v < 0 or v >= classes]
+            if outside:
+                found.append(
+                    InputError(path, f"label values {outside[:10]} lie outside the {classes} classes 0..{classes - 1}")
                 )
         return found
 

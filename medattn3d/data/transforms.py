@@ -10,6 +10,7 @@ from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
+    MapLabelValued,
     NormalizeIntensityd,
     Orientationd,
     RandCropByLabelClassesd,
@@ -25,6 +26,7 @@ from monai.transforms import (
     Transform,
 )
 
+from medattn3d.data.classes import is_identity
 from medattn3d.data.loading import CheckVolumed, LoadVolumed, minimum_shape
 from medattn3d.data.normalization import NormalizeChannelsd, check_normalization
 from medattn3d.data.resample import FastInverseSpacingd
@@ -82,6 +84,7 @@ def segmentation_transforms(
     label_key: str = "label",
     normalization: Sequence[Mapping[str, Any]] | None = None,
     separable_forward: bool = True,
+    class_values: Sequence[int] | None = None,
 ) -> Compose:
     """The preprocessing pipeline for one stage, as a MONAI ``Compose`` (usable as a bundle config ``_target_``).
 
@@ -103,6 +106,9 @@ def segmentation_transforms(
 
     Resampling runs separably (:class:`medattn3d.data.resample.FastInverseSpacingd`); ``separable_forward=False``
     keeps MONAI's forward ``grid_sample`` (values ~1e-5 apart), to reproduce outputs of earlier versions exactly.
+
+    ``class_values`` (the dataset's label values, :func:`medattn3d.data.classes.class_values`) checks the label files
+    against them and, when they are not ``0 .. n - 1``, maps value ``class_values[k]`` to class ``k``.
 
     Flips across left-right and in-plane rotations are off by default: they swap left and right organs
     (kidneys, liver/spleen), which a multi-organ model must tell apart.
@@ -128,9 +134,15 @@ def segmentation_transforms(
             channels=channels,
             num_classes=num_classes,
             min_size=minimum_shape(spatial_dims, min_size),
+            class_values=class_values,
         ),
         EnsureChannelFirstd(keys),
     ]
+    if labelled and class_values is not None and not is_identity(class_values):
+        # label value class_values[k] trains as class k (BraTS: 4 -> 3); the writers map the prediction back
+        steps.append(
+            MapLabelValued(label_key, orig_labels=list(class_values), target_labels=list(range(len(class_values))))
+        )
     if axcodes:
         steps.append(Orientationd(keys, axcodes=axcodes, labels=None))
     if pixdim is not None:

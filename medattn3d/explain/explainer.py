@@ -31,7 +31,7 @@ from medattn3d.explain.viewer import DEFAULT_MAX_VOXELS, Layer, copy_viewer_asse
 from medattn3d.outputs.atomic import atomic_path, atomic_write_text
 from medattn3d.outputs.naming import case_output_names
 from medattn3d.outputs.prediction import restore_chain, write_case
-from medattn3d.outputs.tables import class_name_map
+from medattn3d.outputs.tables import value_name_map
 
 
 def _first(path: str | Sequence[str]) -> str:
@@ -192,7 +192,8 @@ class AttentionExplainer:
         viewer_cases = [c["viewer"] for c in cases if c["viewer"] is not None]
         if viewer_cases:
             copy_viewer_assets(self.output_dir)
-        legend = {str(k): v for k, v in class_name_map(self.class_names, self.num_classes).items()}
+        # the viewer's label layers hold class indices (BraTS' value 4 is class 3 there): named in class order
+        legend = {str(k): v for k, v in enumerate(value_name_map(self.class_names, self.num_classes).values())}
         index = write_index(self.output_dir, cases, self.names, viewer_cases, self.montage_map, legend)
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")

@@ -41,9 +41,11 @@ def _nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 
 
 def write_nifti_labels(path: Path, labels: np.ndarray, affine: np.ndarray) -> Path:
-    """``labels`` (X, Y, Z, uint8) as a gzipped NIfTI label map with ``affine`` (voxel -> RAS)."""
+    """``labels`` (X, Y, Z; uint8, or uint16 for label values past 255) as a gzipped NIfTI label map with ``affine``
+    (voxel -> RAS)."""
+    dtype = np.uint16 if np.asarray(labels).dtype == np.uint16 else np.uint8
     with atomic_path(path) as tmp:
-        image = _nifti(fortran_order(np.asarray(labels, dtype=np.uint8)), np.asarray(affine, dtype=np.float64))
+        image = _nifti(fortran_order(np.asarray(labels, dtype=dtype)), np.asarray(affine, dtype=np.float64))
         nib.save(image, str(tmp))
     return path
 

@@ -10,6 +10,7 @@ Every file is written atomically: a failure leaves no partial file behind.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,7 @@ from monai.data import MetaTensor
 from monai.transforms import Activationsd, Compose, Invertd, MapTransform
 
 from medattn3d.data.blocks import block_rows, run_blocks
+from medattn3d.data.classes import is_identity
 from medattn3d.errors import InputError
 from medattn3d.outputs.atomic import atomic_write_text
 from medattn3d.outputs.formats import spacing_of, write_nifti_labels, write_probabilities, write_seg_nrrd
@@ -36,11 +38,12 @@ from medattn3d.outputs.naming import (
     split_name,
 )
 from medattn3d.outputs.tables import (
-    class_name_map,
     itksnap_label_description,
     label_entries,
     sidecar,
     slicer_color_table,
+    value_name_map,
+    written_values,
 )
 
 
@@ -134,8 +137,12 @@ def write_restored(
     )
     probabilities = probabilities.detach().cpu()
     affine = np.asarray(affine, dtype=np.float64)
-    labels = channel_argmax(probabilities)[0].numpy()
-    names = class_name_map(class_names, int(probabilities.shape[0]))
+    indices = channel_argmax(probabilities)[0].numpy()
+    num_classes = int(probabilities.shape[0])
+    values = written_values(class_names, num_classes)
+    # class k is written as the dataset's own label value (BraTS: class 3 -> 4); 0 .. n - 1 stays as it is
+    labels = indices if is_identity(values) else _as_values(indices, values)
+    names = value_name_map(class_names, num_classes)
     spacing = spacing_of(affine)
     entries = label_entries(labels, names, float(np.prod(spacing)))
     base = output_dir / f"{name}_{output_postfix}"
@@ -151,7 +158,9 @@ def write_restored(
                 from medattn3d.outputs.dicom_seg import write_dicom_seg  # highdicom import only when asked for
 
                 algorithm = str((model_info or {}).get("name", "medattn3d"))
-                write_dicom_seg(path, labels, affine, entries, source, series_uid=series_uid, algorithm=algorithm)
+                # DICOM numbers segments 1, 2, 3, ...: there segment k is class k, named as the value it stands for
+                segments = [dataclasses.replace(e, value=k) for k, e in enumerate(entries)]
+                write_dicom_seg(path, indices, affine, segments, source, series_uid=series_uid, algorithm=algorithm)
             written.append(path)
         probability_path = output_dir / f"{name}_{PROBABILITIES_POSTFIX}.nii.gz"
         files = {fmt: p.name for fmt, p in zip(formats, written, strict=True)}
@@ -178,6 +187,12 @@ def write_restored(
             path.unlink(missing_ok=True)
         raise
     return written
+
+
+def _as_values(indices: np.ndarray, values: list[int]) -> np.ndarray:
+    """The class-index map ``indices`` as the dataset's label values (uint8, or uint16 past 255)."""
+    lookup = np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)
+    return lookup[indices]
 
 
 def _as_prediction(pred: Any, image: Any) -> MetaTensor:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medattn3d.data.classes import class_values, is_identity
 from medattn3d.outputs.terminology import Term, segment_term
 
 
@@ -46,6 +47,23 @@ def class_name_map(class_names: Mapping[Any, str] | list[str] | None, num_classe
     elif class_names is not None:
         names = dict(enumerate(str(v) for v in class_names))
     return {k: names.get(k, "background" if k == 0 else f"class_{k}") for k in range(num_classes)}
+
+
+def written_values(class_names: Mapping[Any, str] | list[str] | None, num_classes: int) -> list[int]:
+    """The label value written for each class index: the dataset's own values when ``class_names`` is keyed by
+    them and names every class (BraTS: ``[0, 1, 2, 4]``), else ``0 .. num_classes - 1``."""
+    values = class_values(class_names, num_classes)
+    return values if len(values) == num_classes else list(range(num_classes))
+
+
+def value_name_map(class_names: Mapping[Any, str] | list[str] | None, num_classes: int) -> dict[int, str]:
+    """``{written label value: name}``: :func:`class_name_map` re-keyed by :func:`written_values`."""
+    values = written_values(class_names, num_classes)
+    if is_identity(values):
+        return class_name_map(class_names, num_classes)
+    assert isinstance(class_names, Mapping)  # only a dict can name values other than 0 .. n - 1
+    by_value = {int(k): str(v) for k, v in class_names.items()}
+    return {value: by_value[value] for value in values}
 
 
 def label_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:

@@ -172,7 +172,11 @@ def train_config(template: Template, values: Mapping[str, Any], source: DataSour
         },
         "train": {
             "preprocessing": preprocessing(
-                "train", num_classes="@num_classes", num_samples="@num_samples", crop_ratios="@crop_ratios"
+                "train",
+                num_classes="@num_classes",
+                num_samples="@num_samples",
+                crop_ratios="@crop_ratios",
+                class_values="$medattn3d.data.class_values(@class_names)",
             ),
             "dataset": {
                 "_target_": "CacheDataset",
@@ -248,7 +252,9 @@ def train_config(template: Template, values: Mapping[str, Any], source: DataSour
             },
         },
         "validate": {
-            "preprocessing": preprocessing("val", num_classes="@num_classes"),
+            "preprocessing": preprocessing(
+                "val", num_classes="@num_classes", class_values="$medattn3d.data.class_values(@class_names)"
+            ),
             "dataset": {
                 "_target_": "CacheDataset",
                 "data": _datalist("validation"),
@@ -398,7 +404,7 @@ def explain_config(source: DataSource) -> dict[str, Any]:
         "input_paths": "$[item['image'] for item in @explain_cases]",
         # matched by file, so input_paths given on the command line never take another case's labels
         "label_paths": "$medattn3d.explain.labels_for(@input_paths, @explain_cases)",
-        "label_preprocessing": preprocessing("val"),
+        "label_preprocessing": preprocessing("val", class_values="$medattn3d.data.class_values(@class_names)"),
         "explainer": {
             "_target_": "medattn3d.explain.AttentionExplainer",
             "network": "@network",

@@ -127,7 +127,8 @@ def _ordered(mapping: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 def class_rules(plan: Plan, labels: Mapping[str, str], overrides: Mapping[str, Any]) -> None:
-    """``class_names`` = the datalist's ``labels`` (string keys "0".."K-1"); ``num_classes`` = their count."""
+    """``class_names`` = the datalist's ``labels`` (string keys: the label values in the files, "0" the background; not
+    necessarily consecutive, e.g. BraTS' 0, 1, 2, 4); ``num_classes`` = their count."""
     names = {k: str(v) for k, v in _ordered(labels)}
     names = plan.set("class_names", names, "the datalist's labels", overrides)
     plan.set("num_classes", len(names), "number of entries in labels (background included)", overrides)

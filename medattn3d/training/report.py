@@ -170,13 +170,14 @@ def dice_table(eval_dir: Path, class_names: dict[str, str]) -> list[tuple[str, f
     :class:`~medattn3d.training.NamedMetricsSaver` as they are, MONAI's ``class0``, ... (an older evaluation) named
     by ``class_names`` (``{"1": "liver", ...}``; the metric leaves out the background, so ``class0`` is label 1)."""
     rows: list[tuple[str, float]] = []
+    foreground = foreground_names(class_names)
     with open(eval_dir / "val_mean_dice_summary.csv", encoding="utf-8") as stream:
         for row in csv.reader(stream):
             if not row or row[0] == "class":  # the header row
                 continue
             name = row[0]
-            if re.fullmatch(r"class\d+", name):  # MONAI's default column names (class0 = label 1)
-                index = str(int(name.removeprefix("class")) + 1)
-                name = class_names.get(index, name)
+            if re.fullmatch(r"class\d+", name):  # MONAI's default column names (class0 = the first foreground class)
+                index = int(name.removeprefix("class"))
+                name = foreground[index] if index < len(foreground) else name
             rows.append((name, float(row[1])))
     return rows

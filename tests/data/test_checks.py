@@ -93,7 +93,7 @@ def test_dataset_check_lists_every_problem_one_line_each(tmp_path):
     problems = check_dataset(path)
     assert all("\n" not in line for line in problems)
     expected = [
-        "'labels' keys must be the label values 0..1, got 0, 2",
+        "label values [1] are not among the dataset's labels 0, 2",  # labels may skip values, the files must match
         "has 1 channel (shape (32, 32, 16)) where 2 are expected",  # every image: modality names 2 channels
         "spleen_2.nii.gz is listed twice ('training' and 'training')",
         "the 'training' entry for ./imagesTr/spleen_2.nii.gz has no 'label' path",

@@ -141,3 +141,42 @@ def test_prediction_writer_names_are_unique_per_input(tmp_path, nifti_case):
             {"image": data["image"], "pred": logits}
         )
     assert {"ct_nii_gz_seg.nii.gz", "ct_nrrd_seg.nii.gz"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("case", ["nifti_case", "dicom_case"])
+def test_dataset_label_values_are_written_back(case, request, tmp_path):
+    """Class k is written as the dataset's value for it (BraTS: class 3 -> 4) in every format; compared with the
+    same prediction written with plain class indices."""
+    import highdicom as hd
+
+    from tests.outputs.conftest import logits_from_mask
+
+    brats = {"0": "background", "1": "necrosis", "2": "edema", "4": "enhancing tumour"}
+    source, mask = request.getfixturevalue(case)[:2]
+    name = "ct" if case == "nifti_case" else "series"
+    data, _, infer = prepared(source, mask, None)
+    label = ct_transforms_label(source, mask)
+    label[label == 2] = 3  # the mask's class 2 plays BraTS' class 3 (value 4)
+    logits = logits_from_mask(label, num_classes=4)
+    formats = ("nifti", "nrrd") + (("dicom-seg",) if name == "series" else ())
+    write_case(logits, data, infer, tmp_path / "indices", name, None, ("nifti",))
+    write_case(logits, data, infer, tmp_path / "values", name, brats, formats)
+    indices, _ = _nifti_labels(tmp_path / "indices" / f"{name}_seg.nii.gz")
+    values, _ = _nifti_labels(tmp_path / "values" / f"{name}_seg.nii.gz")
+    assert np.array_equal(values, np.array([0, 1, 2, 4], np.uint8)[indices]) and (values == 4).any()
+    nrrd = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "values" / f"{name}_seg.seg.nrrd")))
+    assert set(np.unique(nrrd)) == set(np.unique(values))
+    side = json.loads((tmp_path / "values" / f"{name}_seg.json").read_text(encoding="utf-8"))
+    assert [(r["value"], r["name"]) for r in side["labels"]] == [(int(k), v) for k, v in brats.items()]
+    assert int((values == 4).sum()) == next(r["voxels"] for r in side["labels"] if r["value"] == 4)
+    if name == "series":  # DICOM numbers its segments 1, 2, 3: segment k is class k, under the value's name
+        seg = hd.seg.segread(tmp_path / "values" / "series_seg.dcm")
+        numbered = [(s.SegmentNumber, s.SegmentLabel) for s in seg.SegmentSequence]
+        assert numbered == [(1, "necrosis"), (2, "edema"), (3, "enhancing tumour")]
+
+
+def ct_transforms_label(image, mask):
+    """The mask in network space, as the prediction's labels (channel first)."""
+    from medattn3d.data.transforms import ct_transforms
+
+    return ct_transforms("val", pixdim=None)({"image": str(image), "label": str(mask)})["label"].clone()
