@@ -558,7 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer_p.add_argument("-o", "--output", required=True, help="folder for the outputs (<name>_seg.nii.gz, ...)")
     infer_p.add_argument("--checkpoint", help="weights (default: the bundle's models/model.pt)")
     infer_p.add_argument(
-        "--format", action="append", metavar="FORMAT", help="nifti (default), nrrd, dicom-seg; repeat or comma-list"
+        "--format",
+        action="extend",
+        nargs="+",
+        metavar="FORMAT",
+        help="nifti (default), nrrd, dicom-seg; several: space- or comma-separated, or the flag repeated",
     )
     infer_p.add_argument("--save-probabilities", action="store_true", help="also <name>_probabilities.nii.gz")
     infer_p.add_argument("--series-uid", help="DICOM SeriesInstanceUID, when a folder holds several series")

@@ -252,3 +252,12 @@ def test_a_two_d_bundle_segments_a_single_slice_and_a_three_d_one_refuses_it(tmp
     assert written.shape == (40, 36, 1) and np.allclose(written.affine, nib.load(str(image)).affine, atol=1e-4)
     assert _infer(tiny_bundle, image, tmp_path / "o3") == 1
     assert "slice.nii.gz: is too small: shape (40, 36, 1) has axis 2 below the minimum of 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags", [["--format", "nifti", "nrrd"], ["--format", "nifti,nrrd"], ["--format", "nrrd", "--format", "nifti"]]
+)
+def test_several_formats_however_they_are_written(tmp_path, tiny_bundle, flags):
+    image = ct(tmp_path / "a.nii.gz")
+    assert _infer(tiny_bundle, image, tmp_path / "o", *flags) == 0
+    assert (tmp_path / "o" / "a_seg.nii.gz").is_file() and (tmp_path / "o" / "a_seg.seg.nrrd").is_file()
