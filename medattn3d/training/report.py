@@ -41,8 +41,10 @@ class ValidationLog:
         """The line for the engine's current state."""
         parts = [f"Epoch[{engine.state.epoch}] validation"]
         for name, value in engine.state.metrics.items():
-            values = torch.as_tensor(value).flatten().tolist() if not isinstance(value, (int, float)) else [value]
-            if len(values) == 1:
+            scalar = isinstance(value, (int, float))
+            values = [value] if scalar else torch.as_tensor(value).flatten().tolist()
+            # a per-class tensor is named even for one class ("val_dice_per_class: spleen 0.91")
+            if len(values) == 1 and (scalar or len(self.class_names) != 1):
                 parts.append(f"{name} {float(values[0]):.4f}")
             else:
                 names = self.class_names if len(self.class_names) == len(values) else []

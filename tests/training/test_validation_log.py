@@ -37,3 +37,9 @@ def test_line_names_each_class_and_separates_the_metrics(caplog):
 def test_unnamed_or_mismatched_classes_are_numbered():
     engine = _validator({"val_dice_per_class": torch.tensor([0.5, 0.25])})
     assert "val_dice_per_class: class1 0.5000, class2 0.2500" in ValidationLog(["only one"]).format(engine)
+
+
+def test_a_single_foreground_class_is_named_too():
+    engine = _validator({"val_dice_per_class": torch.tensor([0.9123]), "val_mean_dice": 0.9123})
+    line = ValidationLog({"0": "background", "1": "spleen"}).format(engine)
+    assert "val_dice_per_class: spleen 0.9123 | val_mean_dice 0.9123" in line
