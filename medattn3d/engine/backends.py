@@ -246,24 +246,24 @@ class OpenVINOServer:
 
     def _parallel_requests(self) -> int:
         if self._streams is None:
-            import openvino as ov
-
             compiled = self.core.compile_model(self.model, "CPU", {**self.config, "PERFORMANCE_HINT": "THROUGHPUT"})
             jobs = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            self._streams = (compiled, ov.AsyncInferQueue(compiled, jobs), jobs)
-        return self._streams[2]
+            self._streams = (compiled, [compiled.create_infer_request() for _ in range(jobs)])
+        return len(self._streams[1])
 
     def _run_streams(self, array: np.ndarray) -> np.ndarray:
-        _, queue, _ = self._streams
-        results: list[np.ndarray | None] = [None] * len(array)
-
-        def keep(request: Any, index: int) -> None:
-            results[index] = request.get_output_tensor(0).data.copy()
-
-        queue.set_callback(keep)
-        for index in range(len(array)):
-            queue.start_async({0: array[index : index + 1]}, userdata=index)
-        queue.wait_all()
+        """One request per input, as many at once as there are streams. Plain requests waited on, not an
+        ``AsyncInferQueue`` with a Python callback: a callback is a Python object on OpenVINO's stream threads, and
+        releasing the compiled model while one of them waited for the interpreter lock deadlocked a test run."""
+        _, requests = self._streams
+        results: list[np.ndarray] = []
+        for start in range(0, len(array), len(requests)):
+            running = list(zip(requests, range(start, min(start + len(requests), len(array))), strict=False))
+            for request, index in running:
+                request.start_async({0: array[index : index + 1]})
+            for request, _ in running:
+                request.wait()
+                results.append(request.get_output_tensor(0).data.copy())
         return np.concatenate(results)
 
 
