@@ -41,10 +41,11 @@ def _first(path: str | Sequence[str]) -> str:
 
 def labels_for(image_paths: Sequence[str | Sequence[str]], datalist: Sequence[Mapping[str, Any]]) -> list[str | None]:
     """The ground truth of each image from a MONAI datalist (``image``/``label`` items), matched by the image's
-    file, not by position: an image the datalist does not hold gets ``None`` (explained without a ratio). What
-    ``explain.json`` uses, so ``--input_paths`` given on the command line never borrows another case's labels."""
-    known = {Path(_first(item["image"])).absolute(): item.get("label") for item in datalist}
-    return [known.get(Path(_first(path)).absolute()) for path in image_paths]
+    file (paths resolved, so a relative or ``..`` path finds its case), not by position: an image the datalist does
+    not hold gets ``None`` (explained without a ratio). What ``explain.json`` uses, so ``--input_paths`` given on the
+    command line never borrows another case's labels."""
+    known = {Path(_first(item["image"])).resolve(): item.get("label") for item in datalist}
+    return [known.get(Path(_first(path)).resolve()) for path in image_paths]
 
 
 def _nanmean(values: list[float]) -> float:

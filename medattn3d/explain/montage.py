@@ -52,10 +52,11 @@ def write_montage(
             if axis != 0:  # radiological convention: patient's right (RAS +x) on the viewer's left
                 axes[row, col].invert_xaxis()
         pred = _slice_through(prediction, axis, index)
+        outline = min(pred.shape) >= 2  # a one-slice volume seen edge-on is one line of voxels: nothing to outline
         for i, c in enumerate(classes):
-            if np.any(pred == c):
+            if outline and np.any(pred == c):
                 axes[row, 1].contour(pred == c, levels=[0.5], colors=[colours(i % 10)], linewidths=1.2)
-        if label is not None:
+        if label is not None and outline:
             truth = _slice_through(label, axis, index)
             for c in [c for c in np.unique(truth) if c > 0]:
                 axes[row, 1].contour(truth == c, levels=[0.5], colors="white", linewidths=0.8, linestyles="dashed")

@@ -412,6 +412,7 @@ def explain_config(source: DataSource) -> dict[str, Any]:
             "inferer": "@inferer",
             "output_dir": "@output_dir",
             "label_preprocessing": "@label_preprocessing",
+            "class_names": "@class_names",
         },
         "initialize": _initialize(
             source,

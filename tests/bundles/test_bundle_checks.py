@@ -93,3 +93,5 @@ def test_explain_pairs_labels_by_file_not_by_position(name, tiny_data):
     test_image = str(tiny_data / "imagesTs" / "case_003.nii.gz")
     parser.update({"input_paths": [test_image, validation[0]["image"]]})
     assert parser.get_parsed_content("label_paths") == [None, validation[0]["label"]]
+    # the explainer writes the prediction's tables under the bundle's class names, as infer does
+    assert parser["explainer"]["class_names"] == "@class_names"

@@ -157,3 +157,24 @@ def test_separation_auc_against_all_pairs():
     assert separation_auc(saliency, structure) == pytest.approx(pairs.mean())
     assert separation_auc(np.where(structure, 0.9, 0.1), structure) == 1.0
     assert np.isnan(separation_auc(saliency, np.zeros(60, bool)))
+
+
+def test_montage_of_a_one_slice_volume(tmp_path):
+    """A 2D bundle's single-slice input: two of the three views are one line of voxels, with nothing to outline."""
+    from medattn3d.explain import write_montage
+
+    prediction = np.zeros((20, 18, 1), np.uint8)
+    prediction[5:12, 4:10] = 2
+    image = np.random.default_rng(0).random((20, 18, 1)).astype(np.float32)
+    path = write_montage(image, prediction, image, tmp_path / "m.png", "one slice", label=prediction, spacing=[1, 1, 3])
+    assert matplotlib.image.imread(str(path)).shape[0] >= 600
+
+
+def test_labels_are_found_by_file_whatever_the_path_spelling(tmp_path, monkeypatch):
+    from medattn3d.explain import labels_for
+
+    (tmp_path / "imagesTr").mkdir()
+    datalist = [{"image": str(tmp_path / "imagesTr" / "a.nii.gz"), "label": "a_label"}]
+    monkeypatch.chdir(tmp_path / "imagesTr")
+    spellings = ["a.nii.gz", "../imagesTr/a.nii.gz", str(tmp_path / "x" / ".." / "imagesTr" / "a.nii.gz"), "b.nii.gz"]
+    assert labels_for(spellings, datalist) == ["a_label", "a_label", "a_label", None]
