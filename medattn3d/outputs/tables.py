@@ -108,7 +108,7 @@ def sidecar(
             {
                 "value": e.value,
                 "name": e.name,
-                "colour_rgb": list(e.colour),
+                "colour_rgb": [0, 0, 0] if e.value == 0 else list(e.colour),  # as the Slicer table: no colour
                 "voxels": e.voxels,
                 "volume_ml": round(e.volume_ml, 4),
                 "code": None

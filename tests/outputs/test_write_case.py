@@ -62,6 +62,8 @@ def test_all_files_and_their_agreement(nifti_case, tmp_path):
         assert record["volume_ml"] == pytest.approx(count * voxel_ml, abs=1e-4)
     assert [r["name"] for r in side["labels"]] == ["background", "liver", "Kidney_Left"]
     assert side["labels"][1]["code"]["type"] == ["SCT", "10200004", "Liver"]
+    # the sidecar's colours are the Slicer table's (background: none)
+    assert [r["colour_rgb"] for r in side["labels"]][:2] == [[0, 0, 0], [221, 130, 101]]
     assert side["source"] == str(image) and side["files"]["nifti"] == "ct_seg.nii.gz"
 
     # tables in their documented formats
