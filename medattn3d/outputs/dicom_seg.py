@@ -38,23 +38,41 @@ def source_headers(folder: str | Path, series_uid: str | None = None) -> list[py
     return [pydicom.dcmread(path, stop_before_pixels=True) for path in series.files]
 
 
-def with_slice_thickness(headers: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """``headers`` as highdicom needs them: a series whose slices lack SliceThickness (type 2, often left out by
-    converters and anonymisers) gets copies carrying the distance between slice centres, which is the thickness of
-    the SEG's own voxels; the user's files are never touched. Headers that have it are returned as they are."""
-    if all("SliceThickness" in h for h in headers):
+# Patient and study attributes a SEG copies from its source (highdicom reads each one); all type 2 in the source's
+# IOD, so an anonymised or converted series may lack them, and the SEG then carries them empty, as type 2 allows.
+SEG_COPIED_TYPE2 = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+)
+
+
+def seg_ready_headers(headers: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """``headers`` as highdicom needs them, the user's files never touched: a slice lacking SliceThickness (type 2,
+    often left out by converters and anonymisers) gets a copy carrying the distance between slice centres, the
+    thickness of the SEG's own voxels; one lacking a patient/study attribute of :data:`SEG_COPIED_TYPE2` gets it
+    empty. Headers that have them all are returned as they are."""
+    if all("SliceThickness" in h and all(k in h for k in SEG_COPIED_TYPE2) for h in headers):
         return headers
     orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(orientation[:3], orientation[3:])
     along = [float(np.dot(np.asarray(h.ImagePositionPatient, dtype=float), normal)) for h in headers]
     spacing = float(np.median(np.abs(np.diff(along)))) if len(along) > 1 else float(min(headers[0].PixelSpacing))
-    filled = []
+    ready = []
     for header in headers:
+        header = copy.copy(header)
         if "SliceThickness" not in header:
-            header = copy.copy(header)
             header.SliceThickness = pydicom.valuerep.DSfloat(spacing, auto_format=True)
-        filled.append(header)
-    return filled
+        for keyword in SEG_COPIED_TYPE2:
+            if keyword not in header:
+                setattr(header, keyword, "")
+        ready.append(header)
+    return ready
 
 
 def frames_for_sources(
@@ -153,7 +171,7 @@ def write_dicom_seg(
         raise InputError(source, f"cannot reference this series in a DICOM SEG: its slices lack {', '.join(missing)}")
     frames = frames_for_sources(labels, affine_ras, headers, source)
     segmentation = hd.seg.Segmentation(
-        source_images=with_slice_thickness(headers),
+        source_images=seg_ready_headers(headers),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues(segmentation_type),
         segment_descriptions=segment_descriptions(entries, algorithm, medattn3d.__version__),

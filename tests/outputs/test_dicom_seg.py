@@ -94,13 +94,16 @@ def test_dicom_seg_of_pydicoms_real_ct_series(tmp_path):
     assert reference.any() and seg.FrameOfReferenceUID == headers[uids[0]].FrameOfReferenceUID
 
 
-def test_a_series_without_slice_thickness_still_gets_a_seg(dicom_case, tmp_path):
-    """SliceThickness is type 2 and often missing after conversion or anonymisation; highdicom needs it, so the SEG
-    carries the slice spacing (2.5 mm here) and the user's files stay as they were."""
+def test_a_series_without_slice_thickness_or_patient_tags_still_gets_a_seg(dicom_case, tmp_path):
+    """SliceThickness and the patient/study attributes are type 2 and often missing after conversion or
+    anonymisation; highdicom reads them, so the SEG carries the slice spacing (2.5 mm here) and empty patient/study
+    values, and the user's files stay as they were."""
     series, mask = dicom_case
     for path in sorted(series.iterdir()):
         header = pydicom.dcmread(path)
-        del header.SliceThickness
+        for keyword in ("SliceThickness", "PatientID", "PatientName", "StudyDate", "StudyTime", "AccessionNumber"):
+            if keyword in header:
+                delattr(header, keyword)
         header.save_as(path)
     before = {p.name: p.read_bytes() for p in series.iterdir()}
     data, logits, infer = prepared(series, mask, None)
@@ -108,6 +111,7 @@ def test_a_series_without_slice_thickness_still_gets_a_seg(dicom_case, tmp_path)
     seg = hd.seg.segread(tmp_path / "out" / "series_seg.dcm")
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert float(measures.SliceThickness) == pytest.approx(2.5)
+    assert seg.PatientID == "" and str(seg.PatientName) == "" and seg.StudyDate == ""
     assert {p.name: p.read_bytes() for p in series.iterdir()} == before
 
 
