@@ -28,7 +28,7 @@ import torch
 
 from medattn3d.bundles import bundle_config  # re-exported: the run's config reader lives with the bundles
 from medattn3d.data.inputs import check_case
-from medattn3d.errors import InputError
+from medattn3d.errors import InputError, find_input_error
 
 # --- splitting the cases -------------------------------------------------------------------------------------------
 
@@ -259,7 +259,7 @@ class InferenceRun:
                 continue
             todo.append(path)
         for reason in summary.failed.values():
-            self._say(f"skipped, bad input: {reason}")
+            self._say(f"failed, bad input (not run): {reason}")
         if summary.failed and self.fail_fast:
             return summary
         if summary.skipped:
@@ -271,7 +271,9 @@ class InferenceRun:
             try:
                 files = self._case(path, name)
             except Exception as err:
-                summary.failed[str(path)] = _reason(err)
+                reason = _reason(err)
+                # the summary lists failures on their own: each names its case, whatever raised
+                summary.failed[str(path)] = reason if find_input_error(err) is not None else f"{path}: {reason}"
                 self._say(f"[{index}/{len(todo)}] {self._label(path)}: FAILED {summary.failed[str(path)]}")
                 if self.fail_fast:
                     break

@@ -261,3 +261,15 @@ def test_several_formats_however_they_are_written(tmp_path, tiny_bundle, flags):
     image = ct(tmp_path / "a.nii.gz")
     assert _infer(tiny_bundle, image, tmp_path / "o", *flags) == 0
     assert (tmp_path / "o" / "a_seg.nii.gz").is_file() and (tmp_path / "o" / "a_seg.seg.nrrd").is_file()
+
+
+def test_an_unexpected_failure_is_reported_under_its_case(tmp_path, tiny_bundle, capsys, monkeypatch):
+    from medattn3d.outputs import prediction
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(prediction, "write_nifti_labels", broken)
+    image = ct(tmp_path / "a.nii.gz")
+    assert _infer(tiny_bundle, image, tmp_path / "o") == 1
+    assert f"  failed: {image}: disk on fire" in capsys.readouterr().err
