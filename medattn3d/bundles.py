@@ -141,8 +141,9 @@ def quiet_monai(quiet: bool = True) -> None:
     logging.getLogger("monai.bundle.workflows").setLevel(logging.ERROR if quiet else logging.INFO)
     action = "ignore" if quiet else "default"
     warnings.filterwarnings(action, message=r"parsing config_file", category=UserWarning)
-    # without the optional GPU DICOM decoder, every DICOM read warns that pydicom's own decoders are used
-    warnings.filterwarnings(action, message=r"NvImgCodecPydicomReader", category=UserWarning)
+    # without the optional GPU DICOM decoder, every loader warns that pydicom's own decoders are used: noise on every
+    # CPU, hidden in loud runs too (medattn3d.data.loading filters it as well)
+    warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader", category=UserWarning)
 
 
 class _StdoutHandler(logging.StreamHandler):

@@ -371,7 +371,12 @@ class CheckVolumed(MapTransform):
         path, shape, dims = source_path(image), tuple(image.shape), self.spatial_dims
         found = []
         if len(shape) < dims:
-            return [InputError(path, f"is {len(shape)}D (shape {shape}) where a {dims}D volume is expected")]
+            hint = (
+                " (a 2D image: a 2D bundle takes it saved as a one-slice volume, shape (X, Y, 1))"
+                if len(shape) == 2
+                else ""
+            )
+            return [InputError(path, f"is {len(shape)}D (shape {shape}) where a {dims}D volume is expected{hint}")]
         if len(shape) > dims + 1 or (len(shape) == dims + 1 and shape[-1] != self.channels):
             found.append(
                 InputError(

@@ -55,6 +55,9 @@ def test_two_dimensional_image_is_refused(tmp_path):
     path = save_nifti(np.zeros((16, 16), np.float32), np.eye(4), tmp_path / "flat.nii.gz")
     with pytest.raises(InputError, match=r"flat.nii.gz: is 2D \(shape \(16, 16\)\) where a 3D volume is expected"):
         CheckVolumed(label_key=None)({"image": load_volume(path)})
+    # check-data and plan read the voxels: they give the same hint as infer's header pass
+    with pytest.raises(InputError, match=r"a 2D bundle takes it saved as a one-slice volume, shape \(X, Y, 1\)"):
+        CheckVolumed(label_key=None)({"image": load_volume(path)})
 
 
 def test_preset_pipeline_stops_before_processing_and_keeps_the_message(tmp_path):
@@ -171,7 +174,7 @@ def test_a_two_d_bundle_takes_a_single_slice_and_a_three_d_one_does_not(tmp_path
         ct_transforms("infer", pixdim=None)({"image": str(path)})
     assert "below the minimum of 4 voxels" in find_input_error(info.value).problem
     flat = save_nifti(np.zeros((96, 80), np.float32), np.eye(4), tmp_path / "flat.nii.gz")
-    with pytest.raises(InputError, match=r"save it as a one-slice volume, shape \(X, Y, 1\)"):
+    with pytest.raises(InputError, match=r"a 2D bundle takes it saved as a one-slice volume, shape \(X, Y, 1\)"):
         check_header(flat, min_size=minimum_shape(2))
 
 
