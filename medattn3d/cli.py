@@ -618,6 +618,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _root_message(err: BaseException) -> str:
+    """The first cause of ``err`` as one line, ``Type: message``: MONAI's config parser wraps a failure in errors whose
+    last line is a fragment of the expression it was evaluating, not what went wrong."""
+    root, seen = err, {id(err)}
+    while (root.__cause__ or root.__context__) is not None and id(root.__cause__ or root.__context__) not in seen:
+        root = root.__cause__ or root.__context__
+        seen.add(id(root))
+    text = str(root).strip()
+    return f"{type(root).__name__}: {text.splitlines()[-1]}" if text else type(root).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; returns the exit status (2 for bad input, 1 for other failures)."""
     args = build_parser().parse_args(argv)
@@ -627,8 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         problems = getattr(err, "problems", None)
-        if problems:  # a dataset check: every problem, one per line
-            print(f"error: {err}" if str(err) else "error: the dataset has problems:", file=sys.stderr)
+        if problems:  # a dataset check: every problem, one per line (once: str(err) holds them too)
+            where = getattr(err, "path", "the dataset")
+            count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+            print(f"error: {where}: {count} found, nothing was written:", file=sys.stderr)
             for line in problems:
                 print(f"  {line}", file=sys.stderr)
             return 2
@@ -639,8 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, FileNotFoundError):
             print(f"error: {err}", file=sys.stderr)
             return 2
-        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        print(f"error: {message} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {_root_message(err)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

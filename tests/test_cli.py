@@ -94,23 +94,34 @@ def test_plan_calls_plan_bundle_with_its_flags(tmp_path, monkeypatch, capsys):
     assert "medattn3d train --bundle ./liver" in capsys.readouterr().out
 
 
-def test_a_dataset_check_failure_lists_every_problem(monkeypatch, capsys):
-    class DatasetError(ValueError):
-        def __init__(self, problems):
-            self.problems = problems
-            super().__init__(f"the dataset has {len(problems)} problems")
+def test_a_dataset_check_failure_lists_every_problem_once(monkeypatch, capsys):
+    from medattn3d.errors import DatasetError
 
     def plan_bundle(*args, **kwargs):
-        raise DatasetError(["a.nii.gz: file not found", "b.nii.gz: label values [7] lie outside"])
+        raise DatasetError("x/dataset.json", ["a.nii.gz: file not found", "b.nii.gz: label values [7] lie outside"])
 
     monkeypatch.setattr(planning, "plan_bundle", plan_bundle, raising=False)
     assert cli.main(["plan", "--dataset-dir", "x", "--out", "y"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        "error: the dataset has 2 problems",
+        "error: x/dataset.json: 2 problems found, nothing was written:",
         "  a.nii.gz: file not found",
         "  b.nii.gz: label values [7] lie outside",
     ]
+
+
+def test_an_unexpected_failure_names_its_first_cause(monkeypatch, capsys):
+    def plan_bundle(*args, **kwargs):
+        try:
+            raise TypeError("Input z must be at least a (2, 2) shaped array")
+        except TypeError as inner:
+            raise RuntimeError("failed to evaluate\n \"__local_refs['label_paths'])\")") from inner
+
+    monkeypatch.setattr(planning, "plan_bundle", plan_bundle, raising=False)
+    assert cli.main(["plan", "--dataset-dir", "x", "--out", "y"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: TypeError: Input z must be at least a (2, 2) shaped array (run with --debug for the traceback)"
+    )
 
 
 def test_check_data_subcommand(tmp_path, capsys):
