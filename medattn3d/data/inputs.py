@@ -100,6 +100,14 @@ def check_case(
     :func:`group_channel_files`), which must be ``_0000`` up to the bundle's channel count, each one 3D volume of
     the first's shape (the grids are compared when the voxels are read)."""
     if len(files) == 1:
+        match = CHANNEL_FILE.match(files[0].name) if channels > 1 and files[0].is_file() else None
+        if match is not None and _rank(files[0]) == 3:  # one channel file of a split case, alone
+            wanted = ", ".join(f"{match['case']}_{i:04d}{match['suffix']}" for i in range(channels))
+            raise InputError(
+                files[0],
+                f"is one channel file of case '{match['case']}' and no sibling lies beside it: the bundle needs "
+                f"{channels} channel files ({wanted}) or one 4D file",
+            )
         check_header(files[0], channels, formats, series_uid, min_size)
         return
     numbers = [CHANNEL_FILE.match(f.name)["channel"] for f in files]
@@ -117,6 +125,14 @@ def check_case(
         shape = _checked_shape(path, min_size)
         if shape != first:
             raise InputError(path, f"channel shape {shape} differs from the first channel's {first} ({files[0]})")
+
+
+def _rank(path: Path) -> int | None:
+    """The number of axes in ``path``'s header, or ``None`` when it cannot be read (``check_header`` says why)."""
+    try:
+        return len(_header_shape(path))
+    except Exception:  # any reader error: check_header reports it with the file named
+        return None
 
 
 def _checked_shape(path: Path, min_size: int | Sequence[int] = 4) -> tuple[int, ...]:

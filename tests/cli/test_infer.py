@@ -198,7 +198,7 @@ def test_one_file_per_channel_cases_are_grouped_as_nnunet_names_them(tmp_path, t
     for case, seed in (("p1", 0), ("p2", 5)):
         for channel in range(2):
             ct(inputs / f"{case}_000{channel}.nii.gz", seed=seed + channel)
-    ct(inputs / "p3_0000.nii.gz")  # one channel file of two: a plain 3D input, refused for its channel count
+    ct(inputs / "p3_0000.nii.gz")  # one channel file of two, alone: refused, naming the missing sibling
     ct(inputs / "p4_0000.nii.gz")
     ct(inputs / "p4_0002.nii.gz")  # _0001 missing
     out = tmp_path / "out"
@@ -206,7 +206,7 @@ def test_one_file_per_channel_cases_are_grouped_as_nnunet_names_them(tmp_path, t
     captured = capsys.readouterr()
     assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["p1_seg.nii.gz", "p2_seg.nii.gz"]
     assert "summary: 2 written, 0 skipped, 2 failed" in captured.out
-    assert "p3_0000.nii.gz: has 1 channel" in captured.err
+    assert "p3_0000.nii.gz: is one channel file of case 'p3' and no sibling lies beside it" in captured.err
     assert "p4_0000.nii.gz: has channel files _0000, _0002 where the bundle needs 2: _0000 to _0001" in captured.err
     assert "p1_0000.nii.gz (+1 channel files) -> p1_seg.nii.gz" in captured.out
     # the same case as one 4D file (channels last, as NIfTI stores them) gives the same segmentation
@@ -273,3 +273,12 @@ def test_an_unexpected_failure_is_reported_under_its_case(tmp_path, tiny_bundle,
     image = ct(tmp_path / "a.nii.gz")
     assert _infer(tiny_bundle, image, tmp_path / "o") == 1
     assert f"  failed: {image}: disk on fire" in capsys.readouterr().err
+
+
+def test_a_lone_channel_file_is_told_its_siblings_are_missing(tmp_path, capsys):
+    bundle = make_tiny_bundle(tmp_path / "two", in_channels=2)
+    image = ct(tmp_path / "brats_7_0000.nii.gz")
+    assert _infer(bundle, image, tmp_path / "o") == 1
+    err = capsys.readouterr().err
+    assert "brats_7_0000.nii.gz: is one channel file of case 'brats_7' and no sibling lies beside it" in err
+    assert "(brats_7_0000.nii.gz, brats_7_0001.nii.gz) or one 4D file" in err
