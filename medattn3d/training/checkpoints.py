@@ -118,12 +118,21 @@ class BestModelSaver:
         self.metadata_file = Path(metadata_file) if metadata_file else None
         self.class_names = dict(class_names or {})
         self.per_class_metric = per_class_metric
-        self.best = float("-inf")
+        self.best, self.best_epoch = float("-inf"), -1
         if resume and self.metric_path.is_file() and self.model_path.is_file():
-            self.best = float(json.loads(self.metric_path.read_text(encoding="utf-8"))["value"])
+            record = json.loads(self.metric_path.read_text(encoding="utf-8"))
+            self.best, self.best_epoch = float(record["value"]), int(record.get("epoch", -1))
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.seed_best)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def seed_best(self, engine: Engine) -> None:
+        """A resumed run's validator starts from the best metric already saved, so its "new best" log and the
+        validation line's "best ... at epoch" agree with ``model.pt`` (MONAI's evaluator forgets it on restart)."""
+        best = getattr(engine.state, "best_metric", None)
+        if self.best == self.best and self.best > float("-inf") and (best is None or best < self.best):
+            engine.state.best_metric, engine.state.best_metric_epoch = self.best, self.best_epoch
 
     def __call__(self, engine: Engine) -> None:
         name = engine.state.key_metric_name
@@ -131,7 +140,8 @@ class BestModelSaver:
         improved = value > self.best or not self.model_path.is_file()  # a NaN metric still leaves a model
         if not is_main_process() or not improved:
             return
-        self.best = value if value == value else self.best
+        if value == value:
+            self.best, self.best_epoch = value, int(engine.state.epoch)
         atomic_save(_unwrap(self.network).state_dict(), self.model_path)
         record = {"key_metric": name, "value": value, "epoch": int(engine.state.epoch)}
         atomic_write_text(self.metric_path, json.dumps(record, indent=1) + "\n")

@@ -107,3 +107,17 @@ def test_no_extra_validation_when_the_schedule_ended_on_one(tmp_path):
     FinalValidation(validator, interval=2).attach(trainer)
     trainer.run([0], max_epochs=4)
     assert runs == []
+
+
+def test_a_resumed_validator_starts_from_the_saved_best(tmp_path):
+    """After a resume, a worse validation is not announced as a new best, and the best stays the saved one's."""
+    first = _validator({"val_mean_dice": 0.9775})
+    BestModelSaver(tmp_path, _net()).attach(first)
+    first.run(40)
+    weights = (tmp_path / "model.pt").read_bytes()
+    resumed = _validator({"val_mean_dice": 0.9769})
+    resumed.state.best_metric, resumed.state.best_metric_epoch = -1, -1  # what MONAI's evaluator starts from
+    BestModelSaver(tmp_path, _net()).attach(resumed)
+    resumed.run(41)
+    assert (resumed.state.best_metric, resumed.state.best_metric_epoch) == (0.9775, 40)
+    assert (tmp_path / "model.pt").read_bytes() == weights
