@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from medattn3d.data.loading import VOLUME_SUFFIXES, too_small
+from medattn3d.data.loading import TWO_D_IMAGE_HINT, VOLUME_SUFFIXES, too_small
 from medattn3d.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -201,11 +201,7 @@ def check_header(
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             raise InputError(path, f"cannot be read as an image ({reason[:300]})") from err
     if len(shape) < 3 or len(shape) > 4 or (len(shape) == 4 and shape[3] != channels):
-        hint = (
-            " (a 2D image: a 2D bundle takes it saved as a one-slice volume, shape (X, Y, 1))"
-            if len(shape) == 2
-            else ""
-        )
+        hint = TWO_D_IMAGE_HINT if len(shape) == 2 else ""
         raise InputError(
             path, f"is {len(shape)}D (shape {shape}) where a 3D volume with {channels} channel(s) is expected{hint}"
         )

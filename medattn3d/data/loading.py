@@ -28,6 +28,10 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
 
 
+# what a refusal of a plain 2D file adds (the header pass and the voxel checks say the same)
+TWO_D_IMAGE_HINT = " (a 2D image: a 2D bundle takes it saved as a one-slice volume, shape (X, Y, 1))"
+
+
 def minimum_shape(spatial_dims: int = 3, min_size: int = 4) -> tuple[int, int, int]:
     """Smallest volume a bundle takes, per axis: ``min_size`` voxels on every axis for a 3D network; for a 2D network
     (run slice by slice over the third axis) ``min_size`` in plane and a single slice, so one 2D image stored as an
@@ -371,11 +375,7 @@ class CheckVolumed(MapTransform):
         path, shape, dims = source_path(image), tuple(image.shape), self.spatial_dims
         found = []
         if len(shape) < dims:
-            hint = (
-                " (a 2D image: a 2D bundle takes it saved as a one-slice volume, shape (X, Y, 1))"
-                if len(shape) == 2
-                else ""
-            )
+            hint = TWO_D_IMAGE_HINT if len(shape) == 2 else ""
             return [InputError(path, f"is {len(shape)}D (shape {shape}) where a {dims}D volume is expected{hint}")]
         if len(shape) > dims + 1 or (len(shape) == dims + 1 and shape[-1] != self.channels):
             found.append(
