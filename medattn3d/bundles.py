@@ -141,9 +141,7 @@ def quiet_monai(quiet: bool = True) -> None:
     logging.getLogger("monai.bundle.workflows").setLevel(logging.ERROR if quiet else logging.INFO)
     action = "ignore" if quiet else "default"
     warnings.filterwarnings(action, message=r"parsing config_file", category=UserWarning)
-    # without the optional GPU DICOM decoder, every loader warns that pydicom's own decoders are used: noise on every
-    # CPU, hidden in loud runs too (medattn3d.data.loading filters it as well)
-    warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader", category=UserWarning)
+    # MONAI's nvImageCodec warning is filtered, quiet or not, where the loaders are built (medattn3d.data.loading)
 
 
 class _StdoutHandler(logging.StreamHandler):
