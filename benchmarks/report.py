@@ -46,14 +46,24 @@ def peaks_line(data: dict) -> str:
         return ""
     return (
         f"Matmul peaks measured in this run: fp32 {peaks['fp32_gflop_per_s']:.0f} GFLOP/s, bf16 "
-        f"{peaks['bf16_gflop_per_s']:.0f} GFLOP/s ({peaks['n']} x {peaks['n']} square matmul, {peaks['threads']} "
-        f"thread(s), median of {peaks['repeats']})"
+        f"{peaks['bf16_gflop_per_s']:.{1 if peaks['bf16_gflop_per_s'] < 10 else 0}f} GFLOP/s ({peaks['n']} x "
+        f"{peaks['n']} square matmul"
+        + (f", bf16 {peaks['bf16_n']} x {peaks['bf16_n']}" if peaks.get("bf16_n", peaks["n"]) != peaks["n"] else "")
+        + f", {peaks['threads']} thread(s), median of {peaks['repeats']})"
         + (
-            f"; at the end of the run: fp32 {end['fp32_gflop_per_s']:.0f}, bf16 {end['bf16_gflop_per_s']:.0f} GFLOP/s."
+            f"; at the end of the run: fp32 {end['fp32_gflop_per_s']:.0f}, bf16 "
+            f"{end['bf16_gflop_per_s']:.{1 if end['bf16_gflop_per_s'] < 10 else 0}f} GFLOP/s."
             if (end := data.get("matmul_peaks_end"))
             else "."
         )
     )
+
+
+def bf16_is_practical(data: dict) -> bool:
+    """False where the run measured bf16 on a small product because it has no bf16 vector kernels
+    (``common.bf16_skip_reason``): its bf16 rows are skipped and its % of the bf16 peak is left out."""
+    peaks = data.get("matmul_peaks") or {}
+    return peaks.get("bf16_n", peaks.get("n")) == peaks.get("n")
 
 
 def throughput_cells(row: dict) -> list[str]:
@@ -82,11 +92,16 @@ def render(data: dict, columns: list[Column], rows: list[dict] | None = None, in
     header = [c[0] for c in columns] + (THROUGHPUT_HEADER if with_flops else [])
     table = [cells(r) for r in rows]
     keep = [i for i in range(len(header)) if not table or any(t[i] for t in table)]  # a column empty in every row: out
+    if not bf16_is_practical(data):  # a "% of the bf16 peak" of thousands says nothing
+        keep = [i for i in keep if header[i] != "% bf16 peak"]
     header, table = [header[i] for i in keep], [[t[i] for i in keep] for t in table]
     reasons = dict.fromkeys(r["gflop_reason"] for r in rows if r.get("gflop_reason"))
     parts = [p for p in (peaks_line(data), intro, _table(header, table)) if p]
     if reasons:
         parts.append('No GFLOP/s ("-"): ' + "; ".join(reasons) + ".")
+    skipped = dict.fromkeys(r["skipped"] for r in rows if r.get("skipped"))
+    if skipped:
+        parts.append("Rows without a time were skipped: " + "; ".join(skipped) + ".")
     return "\n\n".join(parts)
 
 

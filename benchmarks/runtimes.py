@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CaseFailedError,
     add_throughput,
+    bf16_skip_reason,
     machine,
     matmul_peaks,
     measure,
@@ -117,6 +118,9 @@ def main() -> None:
     gflop = {"ours": network_gflop(ours(), x), "MONAI": network_gflop(monai_attention_unet(), x)}
     rows = peak_rows(peaks)
     for name in CASES:
+        if name.startswith("MONAI") and "bf16" in name and (reason := bf16_skip_reason()):
+            rows.append({"case": name, "skipped": reason})
+            continue
         try:
             result = run_case_in_subprocess(__file__, {"name": name, "repeats": args.repeats, "size": args.size})
         except CaseFailedError as err:

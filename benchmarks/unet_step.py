@@ -1,6 +1,7 @@
 """AttentionUNet training step, paired in one process: ours as its bundle trains it vs MONAI's AttentionUnet with bf16
 autocast + channels-last, ours as before round 4 (plain ``torch.cat``, oneDNN's weight gradients everywhere), and
-MONAI's AttentionUnet in its default fp32 (the peer on a CPU without native bf16, where bf16 is emulated and slow).
+MONAI's AttentionUnet in its default fp32 (the peer on a CPU without native bf16, where bf16 is emulated and slow;
+the reference where bf16 has no vector kernel at all, ``common.bf16_skip_reason``, and the bf16 row is skipped).
 
     .venv/bin/python benchmarks/unet_step.py --threads 2 --allocator tuned --json benchmarks/results/unet_step.json
 
@@ -33,9 +34,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_throughput, machine, matmul_peaks, measure, network_gflop, print_table, write_json
+from common import (
+    add_throughput,
+    bf16_skip_reason,
+    machine,
+    matmul_peaks,
+    measure,
+    network_gflop,
+    print_table,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+MONAI_BF16 = "MONAI AttentionUnet bf16 + channels-last (reference)"
 
 
 def bundle_network() -> tuple[torch.nn.Module, list[int]]:
@@ -124,10 +135,15 @@ def cases(shape_name: str, loss_name: str) -> list[tuple[str, Callable[[], None]
 
     monai_gflop = network_gflop(monai_like(ours), x, train=True)
     ours_gflop = network_gflop(bundle_network()[0], x, train=True)
-    return [
-        ("MONAI AttentionUnet bf16 + channels-last (reference)", monai_step, monai_gflop),
+    ours_entries = [
         ("ours AttentionUNet as its bundle trains it", ours_step, ours_gflop),
         ("ours as before round 4 (torch.cat, oneDNN weight gradients)", ours_before_step, ours_gflop),
+    ]
+    if bf16_skip_reason():  # no bf16 vector kernels: MONAI's fp32 default is the only peer a user has
+        return [("MONAI AttentionUnet fp32 (its default; reference)", monai_fp32_step, monai_gflop), *ours_entries]
+    return [
+        (MONAI_BF16, monai_step, monai_gflop),
+        *ours_entries,
         ("MONAI AttentionUnet fp32 (its default)", monai_fp32_step, monai_gflop),
     ]
 
@@ -159,6 +175,8 @@ def main() -> None:
     print(f"matmul peaks: fp32 {peaks['fp32_gflop_per_s']:.0f} GFLOP/s, bf16 {peaks['bf16_gflop_per_s']:.0f} GFLOP/s")
     rows = []
     for shape_name in args.shapes:
+        if reason := bf16_skip_reason():
+            rows.append({"shape": shape_name, "net": MONAI_BF16.removesuffix(" (reference)"), "skipped": reason})
         entries = cases(shape_name, args.loss)
         times: dict[str, list[float]] = {name: [] for name, _, _ in entries}
         for _ in range(args.rounds):

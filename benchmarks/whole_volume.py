@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     add_throughput,
+    bf16_skip_reason,
     machine,
     matmul_peaks,
     network_gflop,
@@ -210,7 +211,8 @@ def folder_rows(work: Path, volume: Path, bundle: Path, args: argparse.Namespace
         copies.append(folder / f"ct_{index}.nii.gz")
         shutil.copyfile(volume, copies[-1])
     rows = []
-    for pipeline in ("MONAI AttentionUnet", "MONAI AttentionUnet bf16 + channels-last"):
+    peers = ["MONAI AttentionUnet"] + ([] if bf16_skip_reason() else ["MONAI AttentionUnet bf16 + channels-last"])
+    for pipeline in peers:
         case = {"pipeline": pipeline, "tuned_allocator": False, "input": str(copies[0])}
         case |= {"inputs": [str(c) for c in copies], "output": str(work / f"folder_{len(rows)}")}
         case |= {"precision": args.precision, "sw_batch_size": args.sw_batch_size}
@@ -270,8 +272,11 @@ def main() -> None:
         from int8 import export_ir  # the same network and seed, quantized on random windows (speed only)
 
         ir = str(export_ir(work, 96))
-        rows = []
+        rows, skipped = [], []
         for pipeline, tuned_allocator in PIPELINES:
+            if "bf16" in pipeline and (reason := bf16_skip_reason()):
+                skipped.append({"pipeline": pipeline, "skipped": reason})
+                continue
             case = {
                 "pipeline": pipeline,
                 "tuned_allocator": tuned_allocator,
@@ -304,13 +309,15 @@ def main() -> None:
         for row in rows[:-1]:  # in process: GFLOP/s of the inference step; end to end: of the whole command
             gflop = windows * per_window["ours" if row["pipeline"].startswith("ours") else "MONAI"]
             add_throughput(row, gflop, peaks, seconds=row.get("infer_s", row["total_s"]))
-        bf16_peer = next(r for r in rows if "bf16" in r["pipeline"])
+        bf16_peer = next((r for r in rows if "bf16" in r["pipeline"]), None)
         for row in rows[1:-1]:
             row["speedup"] = row["voxels_per_s"] / rows[0]["voxels_per_s"]
-            row["speedup_vs_bf16_peer"] = row["voxels_per_s"] / bf16_peer["voxels_per_s"]
+            if bf16_peer:
+                row["speedup_vs_bf16_peer"] = row["voxels_per_s"] / bf16_peer["voxels_per_s"]
             if row["script_s"]:
                 row["speedup_vs_script"] = rows[0]["script_s"] / row["script_s"]
-                row["speedup_vs_bf16_script"] = bf16_peer["script_s"] / row["script_s"]
+                if bf16_peer:
+                    row["speedup_vs_bf16_script"] = bf16_peer["script_s"] / row["script_s"]
         for row in rows:
             if row["pipeline"].startswith("ours") and "load_preprocess_s" in row:
                 row["io_share"] = (row["load_preprocess_s"] + row["invert_save_s"]) / row["total_s"]
@@ -321,8 +328,9 @@ def main() -> None:
         ours_folder = folder_runs[-1:] if folder_runs else []
         for row in ours_folder:
             row["speedup_vs_script"] = folder_runs[0]["script_s"] / row["script_s"]
-            row["speedup_vs_bf16_script"] = folder_runs[1]["script_s"] / row["script_s"]
-        rows += folder_runs
+            if "bf16" in folder_runs[1]["pipeline"]:
+                row["speedup_vs_bf16_script"] = folder_runs[1]["script_s"] / row["script_s"]
+        rows += folder_runs + skipped
         print(f"\nvolume {'x'.join(map(str, args.shape))} ({voxels / 1e6:.1f} M voxels), {machine()}")
         print_table(
             rows,
