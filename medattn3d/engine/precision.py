@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,30 @@ def cpu_supports_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def warn_if_bf16_is_slow_here(precision: str, device: torch.device) -> None:
+    """Warn (once per process) when ``precision: bf16``, asked for by name, will run in PyTorch on a CPU without
+    native bf16: oneDNN emulates it on plain AVX-512 (a 3072^2 matmul 4x slower than fp32) and has no bf16 kernel at
+    all on AVX2-only CPUs, where PyTorch's scalar fallback ran a 512^2 matmul at ~1 GFLOP/s against ~75 in fp32
+    (docs/benchmarks.md, rounds 5 and 8). ``auto`` picks fp32 on such CPUs; OpenVINO falls back to f32 by itself."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        _warn_slow_bf16()
+
+
+@functools.cache
+def _warn_slow_bf16() -> None:
+    try:
+        emulated = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        emulated = False
+    cost = "about 4x slower than fp32 (emulated)" if emulated else "tens of times slower than fp32 (no bf16 kernels)"
+    warnings.warn(
+        f"precision 'bf16' on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 "
+        f"or AMX): PyTorch runs bf16 {cost} here; precision 'auto' (or 'fp32') runs fp32 on this CPU",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -144,6 +169,8 @@ class PrecisionInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
         dtype = autocast_dtype(self.precision, inputs.device)
+        if not _served_by_a_runtime(network):
+            warn_if_bf16_is_slow_here(self.precision, inputs.device)
 
         def forward(x: torch.Tensor, *a: Any, **k: Any) -> Any:
             layout = memory_format_for(x.dim()) if self.channels_last else None
@@ -161,6 +188,13 @@ class PrecisionInferer(Inferer):
                 return to_float(network(x, *a, **k))
 
         return self.inferer(inputs, forward, *args, **kwargs)
+
+
+def _served_by_a_runtime(network: Any) -> bool:
+    """Whether ``network`` is OpenVINO's / ONNX Runtime's stand-in (they pick their own precision per CPU)."""
+    from medattn3d.engine.backends import IRNetwork, RuntimeNetwork
+
+    return isinstance(network, (RuntimeNetwork, IRNetwork))
 
 
 def weights_dtype(network: Any) -> torch.dtype | None:

@@ -92,6 +92,35 @@ def test_auto_picks_bf16_only_on_cpus_that_compute_it_natively(monkeypatch):
         assert autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for by name: always honoured
 
 
+def test_bf16_by_name_on_a_cpu_without_native_bf16_warns_once(monkeypatch):
+    """On AVX2-only CPUs PyTorch has no bf16 kernel (a matmul ~70x slower than fp32): a bundle or --precision that
+    names bf16 gets told so, once; auto and fp32 stay silent."""
+    import warnings
+
+    import medattn3d.engine.precision as precision
+
+    net = torch.nn.Conv3d(1, 2, 1)
+    x = torch.randn(1, 1, 4, 4, 4)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2": True})
+    precision._warn_slow_bf16.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in ("auto", "fp32"):
+            PrecisionInferer(SimpleInferer(), precision=name, channels_last=False)(x, net)
+        assert not [w for w in caught if "native bf16" in str(w.message)]
+        for _ in range(2):
+            PrecisionInferer(SimpleInferer(), precision="bf16", channels_last=False)(x, net)
+    messages = [str(w.message) for w in caught if "native bf16" in str(w.message)]
+    assert len(messages) == 1 and "precision 'bf16'" in messages[0] and "'auto'" in messages[0]
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512_bf16": True})
+    precision._warn_slow_bf16.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PrecisionInferer(SimpleInferer(), precision="bf16", channels_last=False)(x, net)
+    assert not [w for w in caught if "native bf16" in str(w.message)]
+    precision._warn_slow_bf16.cache_clear()
+
+
 def test_cpu_flags_agree_with_proc_cpuinfo():
     """The flags the decision goes by are this machine's own (an independent read of /proc/cpuinfo)."""
     from pathlib import Path
