@@ -10,8 +10,9 @@ MONAI's AttentionUnet in fp32, channels-first (its default), measured in the sam
 
 ``--paired``: side-by-side ratios in ONE process, timed in alternating rounds, so a shared, noisy CPU slows both
 candidates alike; reports each round's ratio and their median. Three modes, each our network vs its reference:
-``infer`` (one 96^3 window: the 3D guided-attention network as its bundle infers, ``prepare_for_inference`` +
-``PrecisionInferer``, vs MONAI's AttentionUnet fp32), ``train`` (one forward + backward of the guided network as
+``infer`` (one 96^3 window: the 3D guided-attention network through ``prepare_for_inference`` +
+``PrecisionInferer`` on the PyTorch path and, where OpenVINO is installed, as its bundle's ``runtime: auto`` serves
+it, through OpenVINO; vs MONAI's AttentionUnet fp32), ``train`` (one forward + backward of the guided network as
 its bundle trains it, ``PrecisionInferer`` with precision auto and channels-last, vs MONAI's AttentionUnet fp32)
 and ``train-unet`` (our AttentionUNet as its bundle trains it vs MONAI's AttentionUnet at the same widths, strides
 and classes with bf16 autocast + channels-last). ``--train-shapes bundle`` trains each bundle's own network on its
@@ -230,6 +231,12 @@ def paired_cases(
         with torch.no_grad():
             infer(x, ours)
 
+    served = bundle_runtime_network()
+
+    def ours_served_infer() -> None:  # converts (or finds the cached model) in the first round's warm-up call
+        with torch.no_grad():
+            infer(x, served)
+
     def monai_fp32_step() -> None:
         reference_loss(monai_train.train()(train_x).float(), monai_label).backward()
         monai_train.zero_grad(set_to_none=True)
@@ -264,8 +271,19 @@ def paired_cases(
     return {
         "infer": [
             ("MONAI AttentionUnet fp32", monai_infer, gflop(monai, x, False)),
-            ("ours MSGuidedAttention as its bundle runs it", ours_infer, gflop(ours, x.to(ours_dtype), False)),
-        ],
+            ("ours MSGuidedAttention, PyTorch path (runtime torch)", ours_infer, gflop(ours, x.to(ours_dtype), False)),
+        ]
+        + (
+            [
+                (
+                    f"ours MSGuidedAttention as its bundle runs it (runtime auto = {served.runtime})",
+                    ours_served_infer,
+                    gflop(ours, x.to(ours_dtype), False),
+                )
+            ]
+            if served is not None
+            else []
+        ),
         "train": [
             ("MONAI AttentionUnet fp32" + ref_tag, monai_fp32_step, gflop(monai_train, train_x, True)),
             (
@@ -287,6 +305,19 @@ def paired_cases(
             ),
         ],
     }
+
+
+def bundle_runtime_network() -> torch.nn.Module | None:
+    """The 3D guided network as its bundle's ``runtime: auto`` serves it on this CPU (OpenVINO where installed:
+    ``prepare_for_inference`` returns the runtime's stand-in), or ``None`` where ``auto`` is PyTorch itself (then
+    the PyTorch row is the bundle's path)."""
+    from medattn3d.engine.backends import resolve_runtime
+    from medattn3d.engine.precision import prepare_for_inference
+
+    if resolve_runtime("auto", "cpu") == "torch":
+        return None
+    torch.manual_seed(0)
+    return prepare_for_inference(build("ours MSGuidedAttention", 3), "auto", runtime="auto")
 
 
 def mean_of_outputs(output: object, label: torch.Tensor | None = None) -> torch.Tensor:
