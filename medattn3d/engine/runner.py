@@ -131,18 +131,19 @@ class BundleModel:
         return logits.float().cpu(), data
 
 
-def int8_would_help(runtime: str, precision: str, device: torch.device, bundle: Path) -> bool:
-    """Whether this run serves the network through OpenVINO in fp32 on a CPU that has int8 dot products but no native
-    bf16, with no INT8 model exported for the bundle yet: there ``medattn3d export --format openvino-int8`` makes a
-    model that runs about 3x faster per window (an opt-in: its accuracy is the user's to check)."""
+def int8_would_help(runtime: str, precision: str, device: torch.device, bundle: Path) -> str | None:
+    """How much faster an INT8 model would run (``"about 3x"``), when this run serves the network through OpenVINO in
+    fp32 on a CPU without native bf16 whose class gained from INT8 (int8 dot products, or AVX2:
+    :func:`medattn3d.engine.precision.int8_speedup_over_fp32`) and the bundle has no INT8 model yet; else ``None``.
+    There ``medattn3d export --format openvino-int8`` makes one (an opt-in: its accuracy is the user's to check)."""
     from medattn3d.engine.backends import resolve_runtime
-    from medattn3d.engine.precision import cpu_has_int8_dot_product, cpu_supports_bf16
+    from medattn3d.engine.precision import cpu_supports_bf16, int8_speedup_over_fp32
 
     if precision != "auto" or device.type != "cpu" or resolve_runtime(runtime, device) != "openvino":
-        return False
+        return None
     if cpu_supports_bf16() or (bundle / "models" / "model_int8.xml").is_file():
-        return False
-    return cpu_has_int8_dot_product()
+        return None
+    return int8_speedup_over_fp32()
 
 
 # --- the loop ------------------------------------------------------------------------------------------------------

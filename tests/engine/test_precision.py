@@ -214,3 +214,31 @@ def test_training_networks_keep_fp32_weights_and_fp32_preparation_keeps_fp32():
     prepare_for_inference(net, precision="fp32")
     assert not net.training
     assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_int8_tip_quotes_the_speed_up_measured_on_cpus_of_this_class(monkeypatch, tmp_path):
+    """``medattn3d infer`` suggests an INT8 model only where OpenVINO serves fp32 and INT8 was measured faster: int8
+    dot products (round 5) or AVX2 without them (round 8); never with native bf16, another precision or runtime, or
+    when the bundle already has one."""
+    pytest.importorskip("openvino")
+    import medattn3d.engine.precision as precision
+    from medattn3d.engine.runner import int8_would_help
+
+    cpu = torch.device("cpu")
+    tips = {}
+    for name, flags in (
+        ("vnni", {"avx2": True, "avx512_vnni": True}),
+        ("avx2", {"avx2": True}),
+        ("bf16", {"avx2": True, "avx512_vnni": True, "avx512_bf16": True}),
+        ("old", {"sse4_2": True}),
+    ):
+        monkeypatch.setattr(precision, "_cpu_flags", lambda flags=flags: flags)
+        tips[name] = int8_would_help("auto", "auto", cpu, tmp_path)
+        assert int8_would_help("auto", "fp32", cpu, tmp_path) is None
+        assert int8_would_help("torch", "auto", cpu, tmp_path) is None
+    assert tips["vnni"] == "about 3x" and tips["avx2"].startswith("about ") and tips["avx2"] != tips["vnni"]
+    assert tips["bf16"] is None and tips["old"] is None
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2": True})
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model_int8.xml").write_text("<net/>")
+    assert int8_would_help("auto", "auto", cpu, tmp_path) is None
