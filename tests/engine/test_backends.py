@@ -45,6 +45,56 @@ def test_openvino_bf16_under_autocast_agrees_with_pytorch():
     assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.97
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_openvino_f32_serves_the_guided_network_with_unpadded_attention(spatial_dims, tmp_path, monkeypatch):
+    """In f32 the guided network is traced for OpenVINO with q/k at their own width (faster there, round 8); the
+    served model still gives PyTorch's output, and the network keeps its padding for PyTorch afterwards."""
+    pytest.importorskip("openvino")
+    from medattn3d.engine import backends
+    from medattn3d.networks import MultiScaleGuidedAttentionNet
+    from medattn3d.networks.blocks.dual_attention import PositionAttention
+
+    monkeypatch.setenv("MEDATTN3D_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    net = MultiScaleGuidedAttentionNet(
+        spatial_dims, 1, 3, backbone="resnet10", backbone_widths=(8, 16, 16, 32), feature_channels=8
+    ).eval()
+    attention = [m for m in net.modules() if isinstance(m, PositionAttention)]
+    pads = [m.pad_qk for m in attention]
+    assert attention and all(pad > 0 for pad in pads)
+    for module in attention:
+        torch.nn.init.constant_(module.gamma, 0.7)  # the attention term counts in the output
+    traced_pads = []
+    convert = backends._convert_openvino
+
+    def spy(network, example, unpadded_attention=False):
+        traced_pads.append(unpadded_attention)
+        return convert(network, example, unpadded_attention)
+
+    monkeypatch.setattr(backends, "_convert_openvino", spy)
+    x = torch.randn(1, 1, *([32] * spatial_dims))
+    with torch.no_grad():
+        expected = net(x)
+        got = PrecisionInferer(SimpleInferer(), "fp32")(x, prepare_for_inference(net, "fp32", runtime="openvino"))
+    assert traced_pads == [True] and [m.pad_qk for m in attention] == pads
+    assert (got - expected).abs().max() < 1e-3 * max(1.0, float(expected.abs().max()))
+
+
+def test_unpadded_position_attention_computes_the_same_function():
+    from medattn3d.networks.blocks.dual_attention import PositionAttention, unpadded_position_attention
+
+    torch.manual_seed(0)
+    module = PositionAttention(3, 32).eval()
+    torch.nn.init.constant_(module.gamma, 1.0)
+    x = torch.randn(1, 32, 6, 5, 4)
+    with torch.no_grad():
+        padded = module(x)
+        with unpadded_position_attention(module):
+            assert module.pad_qk == 0
+            unpadded = module(x)
+    assert module.pad_qk == 28 and torch.allclose(padded, unpadded, atol=1e-5)
+
+
 def test_unknown_runtime_is_refused_in_one_line():
     with pytest.raises(ValueError, match="runtime must be one of"):
         check_runtime("tensorrt")

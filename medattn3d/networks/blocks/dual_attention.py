@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -140,6 +142,24 @@ class PositionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gamma * self.attend(x) + x
+
+
+@contextlib.contextmanager
+def unpadded_position_attention(network: nn.Module) -> Iterator[None]:
+    """Within this block, ``network``'s position attention passes queries and keys at their own width (no zero
+    padding) to ``scaled_dot_product_attention``: the same function, for a graph traced for a runtime whose fused
+    attention takes any width. The padding only serves PyTorch's fused CPU kernel; OpenVINO f32 ran the 3D guided
+    network's 96^3 window 1.25-1.38x faster without it (docs/benchmarks.md, round 8), while the trace itself runs
+    PyTorch's unfused path once (slower: a one-time cost of the cached conversion)."""
+    modules = [m for m in network.modules() if isinstance(m, PositionAttention)]
+    saved = [m.pad_qk for m in modules]
+    try:
+        for module in modules:
+            module.pad_qk = 0
+        yield
+    finally:
+        for module, pad in zip(modules, saved, strict=True):
+            module.pad_qk = pad
 
 
 class ChannelAttention(nn.Module):
