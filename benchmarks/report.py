@@ -355,6 +355,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "network_step_2d": network_step,
     "network_step_paired": network_step_paired,
     "network_step_paired_1thread": network_step_paired,
+    "network_step_paired_infer": network_step_paired,
     "network_step_paired_loss": network_step_paired,
     "unet_step": network_step_paired,
     "unet_step_1thread": network_step_paired,
