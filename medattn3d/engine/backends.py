@@ -119,7 +119,10 @@ class RuntimeNetwork(nn.Module):
 
 def _compile_openvino(network: nn.Module, example: torch.Tensor, precision: str, threads: int | None) -> Any:
     cache = openvino_cache_dir()
-    unpadded = openvino_precision_hint(precision, example.device) == "f32"  # measured faster in f32 (round 8)
+    from medattn3d.networks.blocks.dual_attention import has_padded_position_attention
+
+    # measured faster in f32 (round 8); networks without padded attention keep their cache key
+    unpadded = openvino_precision_hint(precision, example.device) == "f32" and has_padded_position_attention(network)
     if cache is not None:
         xml = cache / network_fingerprint(network, example, "unpadded-attention" if unpadded else "") / "model.xml"
         if xml.parent.exists():  # entries appear whole (renamed into place): one found incomplete was damaged

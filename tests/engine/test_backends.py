@@ -77,6 +77,11 @@ def test_openvino_f32_serves_the_guided_network_with_unpadded_attention(spatial_
         expected = net(x)
         got = PrecisionInferer(SimpleInferer(), "fp32")(x, prepare_for_inference(net, "fp32", runtime="openvino"))
     assert traced_pads == [True] and [m.pad_qk for m in attention] == pads
+    unet = AttentionUNet(3, 1, 2, **TINY).eval()  # no position attention: traced as before, its cache key unchanged
+    with torch.no_grad():
+        served_unet = prepare_for_inference(unet, "fp32", runtime="openvino")
+        PrecisionInferer(SimpleInferer(), "fp32")(torch.randn(1, 1, 16, 16, 8), served_unet)
+    assert traced_pads == [True, False]
     assert (got - expected).abs().max() < 1e-3 * max(1.0, float(expected.abs().max()))
 
 

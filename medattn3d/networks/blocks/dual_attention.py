@@ -144,6 +144,11 @@ class PositionAttention(nn.Module):
         return self.gamma * self.attend(x) + x
 
 
+def has_padded_position_attention(network: nn.Module) -> bool:
+    """Whether ``network`` holds position attention whose queries/keys are zero-padded for PyTorch's fused kernel."""
+    return any(isinstance(m, PositionAttention) and m.pad_qk > 0 for m in network.modules())
+
+
 @contextlib.contextmanager
 def unpadded_position_attention(network: nn.Module) -> Iterator[None]:
     """Within this block, ``network``'s position attention passes queries and keys at their own width (no zero
