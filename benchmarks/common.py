@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from medattn3d.engine.precision import cpu_supports_bf16
+from medattn3d.engine.precision import cpu_prefers_bf16, cpu_supports_bf16
 
 
 def _status_bytes(field: str) -> int:
@@ -93,7 +93,8 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "bf16_kernels": cpu_supports_bf16(),  # native bf16 (AVX512-BF16 / AMX): what precision "auto" goes by
+        "bf16_kernels": cpu_supports_bf16(),  # native bf16 instructions (AVX512-BF16 / AMX)
+        "bf16_preferred": cpu_prefers_bf16(),  # bf16 faster than fp32 here: what precision "auto" goes by
         "cpu_name": cpu_name(),
     }
 

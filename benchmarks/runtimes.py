@@ -41,10 +41,10 @@ CHANNELS = (16, 32, 64, 128, 256)
 
 
 def auto_precision() -> str:
-    """What the bundles' ``precision: auto`` resolves to on this CPU (bf16 only with native bf16)."""
-    from medattn3d.engine.precision import cpu_supports_bf16
+    """What the bundles' ``precision: auto`` resolves to on this CPU (bf16 only where it beats fp32)."""
+    from medattn3d.engine.precision import cpu_prefers_bf16
 
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    return "bf16" if cpu_prefers_bf16() else "fp32"
 
 
 CASES = (

@@ -166,7 +166,7 @@ def infer(
     prefix = f"[rank {part_id}] " if distributed else ""
     if model.info.get("int8_tip") and verbosity >= NORMAL and part_id == 0:
         print(
-            f"note: this CPU has no native bf16, so OpenVINO runs the network in fp32; an INT8 model runs "
+            f"note: bf16 is no faster than fp32 on this CPU, so OpenVINO runs the network in fp32; an INT8 model runs "
             f"{model.info['int8_tip']} faster per window on CPUs like it (check its Dice on your validation cases): "
             f"medattn3d export --bundle {spec} "
             "--format openvino-int8, then add --runtime openvino-int8",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,12 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def cpu_supports_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 runs 2-6x faster than fp32.
+    """True when this CPU has bf16 instructions (AVX512-BF16 or AMX): PyTorch and OpenVINO then compute bf16
+    natively instead of emulating it. Native is not always faster than fp32 (:func:`cpu_prefers_bf16` decides).
 
     oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is also true on plain AVX-512 CPUs, where it
     emulates bf16: there a 3072^2 bf16 matmul ran at 59 GFLOP/s against 227 in fp32 (Intel Xeon, AVX-512 without
-    AVX512-BF16), so ``precision: auto`` must keep fp32 on them. The flags come from PyTorch's CPU feature probe,
-    else from ``/proc/cpuinfo``.
+    AVX512-BF16). The flags come from PyTorch's CPU feature probe, else from ``/proc/cpuinfo``.
     """
     flags = _cpu_flags()
     if flags is not None:
@@ -46,24 +47,77 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+BF16_SPEEDUP_NEEDED = 1.2
+PROBE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def cpu_prefers_bf16() -> bool:
+    """True when bf16 computes clearly faster than fp32 on this CPU: what ``precision: auto`` goes by.
+
+    Always with AMX (bf16 matmuls 4-6x fp32); never without native bf16. With AVX512-BF16 alone it depends on the
+    core, so a short matmul probe decides (:func:`bf16_matmul_speedup`, needing ``BF16_SPEEDUP_NEEDED``): bf16 ran
+    2-2.4x fp32 on an AMD EPYC, but 0.3-0.6x on an Intel Xeon whose VM hides its AMX, where OpenVINO's bf16 hint
+    served a 96^3 window 1.4x slower than its f32 (docs/benchmarks.md, rounds 7 and 9).
+    """
+    if not cpu_supports_bf16():
+        return False
+    if (_cpu_flags() or {}).get("amx_bf16", False):
+        return True
+    return measured_bf16_speedup() >= BF16_SPEEDUP_NEEDED
+
+
+@functools.cache
+def measured_bf16_speedup() -> float:
+    """:func:`bf16_matmul_speedup`, probed once per process."""
+    return bf16_matmul_speedup()
+
+
+def bf16_matmul_speedup(size: int = 768, repeats: int = 5) -> float:
+    """How many times faster a ``size``^2 matmul runs in bf16 than in fp32 here, best of ``repeats`` each,
+    interleaved so a neighbour's load hits both alike (about 0.1 s on a 2-core AVX-512 VM)."""
+    operands = {
+        dtype: (torch.rand(size, size, dtype=dtype), torch.rand(size, size, dtype=dtype)) for dtype in PROBE_DTYPES
+    }
+    best = dict.fromkeys(PROBE_DTYPES, float("inf"))
+    for dtype in PROBE_DTYPES:  # first calls pick and warm up the kernels
+        torch.mm(*operands[dtype])
+    for _ in range(repeats):
+        for dtype in PROBE_DTYPES:
+            start = time.perf_counter()
+            torch.mm(*operands[dtype])
+            best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
 def warn_if_bf16_is_slow_here(precision: str, device: torch.device) -> None:
-    """Warn (once per process) when ``precision: bf16``, asked for by name, will run in PyTorch on a CPU without
-    native bf16: oneDNN emulates it on plain AVX-512 (a 3072^2 matmul 4x slower than fp32) and has no bf16 kernel at
-    all on AVX2-only CPUs, where PyTorch's scalar fallback ran a 512^2 matmul at ~1 GFLOP/s against ~75 in fp32
-    (docs/benchmarks.md, rounds 5 and 8). ``auto`` picks fp32 on such CPUs; OpenVINO falls back to f32 by itself."""
-    if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+    """Warn (once per process) when ``precision: bf16``, asked for by name, will run in PyTorch on a CPU where it is
+    slower than fp32: oneDNN emulates it on plain AVX-512 (a 3072^2 matmul 4x slower than fp32), has no bf16 kernel
+    at all on AVX2-only CPUs, where PyTorch's scalar fallback ran a 512^2 matmul at ~1 GFLOP/s against ~75 in fp32
+    (docs/benchmarks.md, rounds 5 and 8), and some CPUs with AVX512-BF16 compute it slower than fp32 (round 9).
+    ``auto`` picks fp32 on such CPUs."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_prefers_bf16():
         _warn_slow_bf16()
 
 
 @functools.cache
 def _warn_slow_bf16() -> None:
+    capability = torch.backends.cpu.get_cpu_capability()
+    if cpu_supports_bf16():
+        warnings.warn(
+            f"precision 'bf16' on a CPU that computes bf16 no faster than fp32 ({capability} with AVX512-BF16 but "
+            f"no AMX: a bf16 matmul ran at {measured_bf16_speedup():.2f}x fp32's rate here); precision 'auto' (or "
+            "'fp32') runs fp32 on this CPU",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
     try:
         emulated = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         emulated = False
     cost = "about 4x slower than fp32 (emulated)" if emulated else "tens of times slower than fp32 (no bf16 kernels)"
     warnings.warn(
-        f"precision 'bf16' on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 "
+        f"precision 'bf16' on a CPU without native bf16 ({capability}, no AVX512-BF16 "
         f"or AMX): PyTorch runs bf16 {cost} here; precision 'auto' (or 'fp32') runs fp32 on this CPU",
         UserWarning,
         stacklevel=3,
@@ -115,8 +169,8 @@ def _cpu_flags() -> dict[str, bool] | None:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (``None``: run in fp32).
 
-    ``auto`` picks bf16 on CPUs with native bf16 (:func:`cpu_supports_bf16`) and on GPUs that support it, fp16 on
-    other GPUs, else fp32.
+    ``auto`` picks bf16 on CPUs where it beats fp32 (:func:`cpu_prefers_bf16`) and on GPUs that support it, fp16
+    on other GPUs, else fp32.
     """
     check_precision(precision)
     if precision == "fp32":
@@ -127,7 +181,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_prefers_bf16() else None
 
 
 def needs_conv3d_guard(dtype: torch.dtype | None, device: torch.device) -> bool:

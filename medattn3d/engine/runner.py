@@ -133,15 +133,16 @@ class BundleModel:
 
 def int8_would_help(runtime: str, precision: str, device: torch.device, bundle: Path) -> str | None:
     """How much faster an INT8 model would run (``"about 3x"``), when this run serves the network through OpenVINO in
-    fp32 on a CPU without native bf16 whose class gained from INT8 (int8 dot products, or AVX2:
-    :func:`medattn3d.engine.precision.int8_speedup_over_fp32`) and the bundle has no INT8 model yet; else ``None``.
+    fp32 (bf16 is not faster on this CPU: :func:`medattn3d.engine.precision.cpu_prefers_bf16`), the CPU's class
+    gained from INT8 (int8 dot products, or AVX2: :func:`medattn3d.engine.precision.int8_speedup_over_fp32`) and the
+    bundle has no INT8 model yet; else ``None``.
     There ``medattn3d export --format openvino-int8`` makes one (an opt-in: its accuracy is the user's to check)."""
     from medattn3d.engine.backends import resolve_runtime
-    from medattn3d.engine.precision import cpu_supports_bf16, int8_speedup_over_fp32
+    from medattn3d.engine.precision import cpu_prefers_bf16, int8_speedup_over_fp32
 
     if precision != "auto" or device.type != "cpu" or resolve_runtime(runtime, device) != "openvino":
         return None
-    if cpu_supports_bf16() or (bundle / "models" / "model_int8.xml").is_file():
+    if cpu_prefers_bf16() or (bundle / "models" / "model_int8.xml").is_file():
         return None
     return int8_speedup_over_fp32()
 

@@ -8,7 +8,7 @@ from medattn3d.engine.precision import (
     PrecisionInferer,
     PrepareForInference,
     autocast_dtype,
-    cpu_supports_bf16,
+    cpu_prefers_bf16,
     prepare_for_inference,
 )
 from medattn3d.networks import AttentionUNet, MultiScaleGuidedAttentionNet
@@ -69,27 +69,62 @@ def test_precision_resolution():
     cpu = torch.device("cpu")
     assert autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
-    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_supports_bf16() else None)
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_prefers_bf16() else None)
     with pytest.raises(ValueError, match="precision must be one of"):
         PrecisionInferer(SimpleInferer(), precision="int8")
 
 
-def test_auto_picks_bf16_only_on_cpus_that_compute_it_natively(monkeypatch):
-    """oneDNN also "supports" bf16 on plain AVX-512 by emulating it (4x slower than fp32 there): auto must go by the
-    CPU's native bf16 flags, whatever oneDNN says."""
+def measured(speedup: float | None):
+    """A stand-in for the bf16 matmul probe: ``speedup`` (``None``: the probe must not run)."""
+
+    def probe() -> float:
+        if speedup is None:
+            raise AssertionError("the bf16 probe ran where the CPU's flags decide")
+        return speedup
+
+    return probe
+
+
+@pytest.mark.parametrize(
+    ("flags", "speedup", "expected"),
+    [
+        ({"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, None, None),  # emulated: never, no probe
+        ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, 2.4, torch.bfloat16),  # AMD EPYC (round 7)
+        ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, 0.5, None),  # Intel, AMX hidden (round 9)
+        ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, 1.1, None),  # not clearly faster: fp32
+        ({"avx2": True, "amx_bf16": True}, None, torch.bfloat16),  # AMX: always, no probe
+    ],
+)
+def test_auto_picks_bf16_only_where_it_beats_fp32(monkeypatch, flags, speedup, expected):
+    """oneDNN also "supports" bf16 on plain AVX-512 by emulating it (4x slower than fp32 there), and AVX512-BF16
+    alone can be slower than fp32: auto goes by the CPU's native bf16 flags, then by the measured speed-up."""
     import medattn3d.engine.precision as precision
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
-    for flags, expected in (
-        ({"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, None),
-        ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, torch.bfloat16),
-        ({"avx2": True, "amx_bf16": True}, torch.bfloat16),
-    ):
-        monkeypatch.setattr(precision, "_cpu_flags", lambda flags=flags: flags)
-        assert precision.cpu_supports_bf16() is (expected is not None)
-        assert autocast_dtype("auto", cpu) == expected
-        assert autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for by name: always honoured
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(precision, "measured_bf16_speedup", measured(speedup))
+    assert precision.cpu_supports_bf16() is bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    assert autocast_dtype("auto", cpu) == expected
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for by name: always honoured
+
+
+def test_bf16_probe_times_both_dtypes_on_this_cpu(monkeypatch):
+    """The probe multiplies the same shapes in fp32 and bf16 and returns the ratio of their best times."""
+    import medattn3d.engine.precision as precision
+
+    seen = []
+    real_mm = torch.mm
+
+    def recording_mm(a, b):
+        seen.append((a.dtype, tuple(a.shape), b.dtype))
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", recording_mm)
+    speedup = precision.bf16_matmul_speedup(size=64, repeats=3)
+    assert 0 < speedup < float("inf")
+    assert {dtype for dtype, _, _ in seen} == {torch.float32, torch.bfloat16}
+    assert all(a == b and shape == (64, 64) for a, shape, b in seen) and len(seen) == 2 * (1 + 3)
 
 
 def test_bf16_by_name_on_a_cpu_without_native_bf16_warns_once(monkeypatch):
@@ -113,11 +148,16 @@ def test_bf16_by_name_on_a_cpu_without_native_bf16_warns_once(monkeypatch):
     messages = [str(w.message) for w in caught if "native bf16" in str(w.message)]
     assert len(messages) == 1 and "precision 'bf16'" in messages[0] and "'auto'" in messages[0]
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512_bf16": True})
-    precision._warn_slow_bf16.cache_clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        PrecisionInferer(SimpleInferer(), precision="bf16", channels_last=False)(x, net)
-    assert not [w for w in caught if "native bf16" in str(w.message)]
+    for speedup, warned in ((2.4, False), (0.5, True)):  # AVX512-BF16 faster (AMD) / slower (Intel, AMX hidden)
+        monkeypatch.setattr(precision, "measured_bf16_speedup", measured(speedup))
+        precision._warn_slow_bf16.cache_clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                PrecisionInferer(SimpleInferer(), precision="bf16", channels_last=False)(x, net)
+        messages = [str(w.message) for w in caught if "precision 'bf16'" in str(w.message)]
+        assert len(messages) == int(warned)
+        assert not warned or ("no faster than fp32" in messages[0] and "0.50x fp32's rate" in messages[0])
     precision._warn_slow_bf16.cache_clear()
 
 
@@ -218,7 +258,8 @@ def test_training_networks_keep_fp32_weights_and_fp32_preparation_keeps_fp32():
 
 def test_int8_tip_quotes_the_speed_up_measured_on_cpus_of_this_class(monkeypatch, tmp_path):
     """``medattn3d infer`` suggests an INT8 model only where OpenVINO serves fp32 and INT8 was measured faster: int8
-    dot products (round 5) or AVX2 without them (round 8); never with native bf16, another precision or runtime, or
+    dot products (round 5, and round 9's AVX512-BF16 that is slower than fp32) or AVX2 without them (round 8); never
+    where bf16 beats fp32, with another precision or runtime, or
     when the bundle already has one."""
     pytest.importorskip("openvino")
     import medattn3d.engine.precision as precision
@@ -230,14 +271,16 @@ def test_int8_tip_quotes_the_speed_up_measured_on_cpus_of_this_class(monkeypatch
         ("vnni", {"avx2": True, "avx512_vnni": True}),
         ("avx2", {"avx2": True}),
         ("bf16", {"avx2": True, "avx512_vnni": True, "avx512_bf16": True}),
+        ("slow bf16", {"avx2": True, "avx512_vnni": True, "avx512_bf16": True}),
         ("old", {"sse4_2": True}),
     ):
         monkeypatch.setattr(precision, "_cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(precision, "measured_bf16_speedup", measured(0.5 if name == "slow bf16" else 2.4))
         tips[name] = int8_would_help("auto", "auto", cpu, tmp_path)
         assert int8_would_help("auto", "fp32", cpu, tmp_path) is None
         assert int8_would_help("torch", "auto", cpu, tmp_path) is None
     assert tips["vnni"] == "about 3x" and tips["avx2"].startswith("about ") and tips["avx2"] != tips["vnni"]
-    assert tips["bf16"] is None and tips["old"] is None
+    assert tips["bf16"] is None and tips["old"] is None and tips["slow bf16"] == "about 3x"
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2": True})
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "model_int8.xml").write_text("<net/>")
