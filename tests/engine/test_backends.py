@@ -100,6 +100,66 @@ def test_unpadded_position_attention_computes_the_same_function():
     assert module.pad_qk == 28 and torch.allclose(padded, unpadded, atol=1e-5)
 
 
+def test_smallest_trace_window_is_each_axis_stated_multiple():
+    from medattn3d.engine.backends import smallest_trace_window
+    from medattn3d.networks import MultiScaleGuidedAttentionNet
+
+    unet = AttentionUNet(3, 1, 2, **SMALL)  # strides 2, 2, 2: multiples of 8
+    assert smallest_trace_window(unet, torch.zeros(1, 2, 96, 64, 24)) == (1, 2, 8, 8, 8)
+    assert smallest_trace_window(unet, torch.zeros(1, 1, 8, 8, 8)) is None  # already the smallest
+    assert smallest_trace_window(unet, torch.zeros(1, 1, 96, 60, 24)) is None  # not a whole number of them
+    guided = MultiScaleGuidedAttentionNet(2, 1, 2, backbone="resnet10", backbone_widths=(8, 16, 16, 32))
+    assert smallest_trace_window(guided, torch.zeros(1, 1, 96, 64)) == (1, 1, 32, 32)
+    assert smallest_trace_window(torch.nn.Conv3d(1, 2, 3), torch.zeros(1, 1, 32, 32, 32)) is None  # states none
+
+
+@pytest.mark.parametrize("agrees", [True, False])
+def test_openvino_traces_at_the_smallest_window_and_falls_back_when_it_disagrees(agrees, monkeypatch):
+    """The network is traced at its smallest window and reshaped to the real one when that model gives PyTorch's
+    output on the real window; else it is traced again at the real window. Either way the served model agrees."""
+    pytest.importorskip("openvino")
+    from medattn3d.engine import backends
+
+    traced = []
+    trace, check = backends._trace_openvino, backends._reshaped_model_agrees
+
+    def spy(network, example, shape):
+        traced.append(tuple(example.shape[2:]))
+        return trace(network, example, shape)
+
+    checks = []
+
+    def judged(model, network, example):
+        checks.append(check(model, network, example))  # the real check, on a model that does agree
+        return agrees and checks[-1]
+
+    monkeypatch.setattr(backends, "_trace_openvino", spy)
+    monkeypatch.setattr(backends, "_reshaped_model_agrees", judged)
+    monkeypatch.setenv("MEDATTN3D_CACHE_DIR", "")
+    torch.manual_seed(0)
+    net = AttentionUNet(3, 1, 3, **SMALL).eval()
+    x = torch.randn(2, 1, 32, 24, 16)
+    with torch.no_grad():
+        expected = net(x)
+        got = RuntimeNetwork(net, "openvino", precision="fp32")(x)
+    assert checks == [True]
+    assert traced == ([(8, 8, 8)] if agrees else [(8, 8, 8), (32, 24, 16)])
+    assert got.shape == expected.shape and (got - expected).abs().max() < 1e-3 * max(1.0, float(expected.abs().max()))
+
+
+def test_a_reshaped_model_of_other_weights_is_rejected():
+    """The agreement check is not a formality: a model whose function differs (here: other weights) fails it."""
+    pytest.importorskip("openvino")
+    from medattn3d.engine.backends import _reshaped_model_agrees, _trace_openvino
+
+    torch.manual_seed(0)
+    net, other = AttentionUNet(3, 1, 3, **SMALL).eval(), AttentionUNet(3, 1, 3, **SMALL).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert _reshaped_model_agrees(_trace_openvino(net, x[..., :8, :8, :8], x.shape), net, x)
+        assert not _reshaped_model_agrees(_trace_openvino(other, x[..., :8, :8, :8], x.shape), net, x)
+
+
 def test_unknown_runtime_is_refused_in_one_line():
     with pytest.raises(ValueError, match="runtime must be one of"):
         check_runtime("tensorrt")
