@@ -137,11 +137,11 @@ def cpu_has_int8_dot_product() -> bool:
 
 def int8_speedup_over_fp32() -> str | None:
     """How much faster OpenVINO's INT8 model ran than OpenVINO fp32 per 96^3 window on CPUs of this one's class, as
-    ``medattn3d infer``'s tip quotes it: with int8 dot products (AVX512-VNNI, AVX-VNNI, AMX-INT8) about 3x (round
-    5); on AVX2 without them, where OpenVINO multiplies int8 with AVX2's 16-bit multiply-adds, about 1.9x
-    (round 8; docs/benchmarks.md). ``None`` on CPUs of no measured class."""
+    ``medattn3d infer``'s tip quotes it: with int8 dot products (AVX512-VNNI, AVX-VNNI, AMX-INT8) 2.5-3x (3.2x in
+    round 5, 2.45x in round 9); on AVX2 without them, where OpenVINO multiplies int8 with AVX2's 16-bit
+    multiply-adds, about 1.9x (round 8; docs/benchmarks.md). ``None`` on CPUs of no measured class."""
     if cpu_has_int8_dot_product():
-        return "about 3x"
+        return "2.5-3x"
     if (_cpu_flags() or {}).get("avx2", False):
         return "about 1.9x"
     return None

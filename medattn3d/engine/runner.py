@@ -132,7 +132,7 @@ class BundleModel:
 
 
 def int8_would_help(runtime: str, precision: str, device: torch.device, bundle: Path) -> str | None:
-    """How much faster an INT8 model would run (``"about 3x"``), when this run serves the network through OpenVINO in
+    """How much faster an INT8 model would run (``"2.5-3x"``), when this run serves the network through OpenVINO in
     fp32 (bf16 is not faster on this CPU: :func:`medattn3d.engine.precision.cpu_prefers_bf16`), the CPU's class
     gained from INT8 (int8 dot products, or AVX2: :func:`medattn3d.engine.precision.int8_speedup_over_fp32`) and the
     bundle has no INT8 model yet; else ``None``.

@@ -226,11 +226,11 @@ def test_one_file_per_channel_cases_are_grouped_as_nnunet_names_them(tmp_path, t
 @pytest.mark.parametrize(
     ("flags", "extra", "expected"),
     [
-        ({"avx512_f": True, "avx512_vnni": True}, [], "about 3x"),  # no native bf16, VNNI: INT8 would help
+        ({"avx512_f": True, "avx512_vnni": True}, [], "2.5-3x"),  # no native bf16, VNNI: INT8 would help
         ({"avx512_f": True, "avx512_vnni": True}, ["--runtime", "torch"], None),
         ({"avx512_f": True, "avx512_vnni": True}, ["--precision", "fp32"], None),  # fp32 asked for by name
         ({"avx512_bf16": True, "avx512_vnni": True}, [], None),  # bf16 2.4x fp32 (AMD, round 7): runs bf16
-        ({"avx512_bf16": True, "avx512_vnni": True, "slow": True}, [], "about 3x"),  # bf16 0.5x fp32 (round 9)
+        ({"avx512_bf16": True, "avx512_vnni": True, "slow": True}, [], "2.5-3x"),  # bf16 0.5x fp32 (round 9)
         ({"avx2": True}, [], "about 1.9x"),  # no int8 dot products: AVX2's multiply-adds, measured 1.9x (round 8)
         ({"sse4_2": True}, [], None),  # no measured class
     ],
