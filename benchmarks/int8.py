@@ -1,5 +1,5 @@
 """INT8 speed on one window: the 3D AttentionUNet of benchmarks/runtimes.py (1 x 1 x 96^3, widths 16..256, 4 classes)
-as the bundles run it in PyTorch and through OpenVINO (precision auto: bf16 on CPUs with native bf16, else fp32),
+as the bundles run it in PyTorch and through OpenVINO (precision auto: bf16 where it beats fp32, else fp32),
 through OpenVINO with each hint, and as the INT8 model NNCF makes (``medattn3d.engine.quantize``, the code behind
 ``medattn3d export --format openvino-int8``: its default recipe, which keeps the first convolution in floating
 point, and for comparison the same model with every convolution in int8), with this machine's fp32 and bf16 matmul

@@ -1,5 +1,5 @@
 """Inference runtimes side by side: the 3D AttentionUNet as the bundles run it in PyTorch and through OpenVINO
-(precision ``auto``: bf16 on CPUs with native bf16, else fp32), through OpenVINO with each hint and ONNX Runtime,
+(precision ``auto``: bf16 where it beats fp32, else fp32), through OpenVINO with each hint and ONNX Runtime,
 and MONAI's AttentionUnet (fp32, and bf16 autocast + channels-last), with this machine's measured fp32 and bf16
 matmul peaks in the same run (``common.matmul_peaks``, the physical floor for GFLOP/s).
 

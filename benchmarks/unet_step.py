@@ -1,6 +1,6 @@
 """AttentionUNet training step, paired in one process: ours as its bundle trains it vs MONAI's AttentionUnet with bf16
 autocast + channels-last, ours as before round 4 (plain ``torch.cat``, oneDNN's weight gradients everywhere), and
-MONAI's AttentionUnet in its default fp32 (the peer on a CPU without native bf16, where bf16 is emulated and slow;
+MONAI's AttentionUnet in its default fp32 (the peer where ``precision: auto`` runs fp32: bf16 emulated or slower;
 the reference where bf16 has no vector kernel at all, ``common.bf16_skip_reason``, and the bf16 row is skipped).
 
     .venv/bin/python benchmarks/unet_step.py --threads 2 --allocator tuned --json benchmarks/results/unet_step.json
@@ -102,7 +102,7 @@ def cases(shape_name: str, loss_name: str) -> list[tuple[str, Callable[[], None]
     if shape_name != "bundle":
         shape = [1, shape[1]] + [int(shape_name)] * 3
     monai = monai_like(ours).to(memory_format=torch.channels_last_3d)
-    monai_fp32 = monai_like(ours)  # MONAI's default: fp32, contiguous (the peer on CPUs without native bf16)
+    monai_fp32 = monai_like(ours)  # MONAI's default: fp32, contiguous (the peer where auto runs fp32)
     x = torch.randn(shape)
     x_last = x.contiguous(memory_format=torch.channels_last_3d)
     labels = torch.randint(0, int(ours.head.out_channels), (shape[0], 1, *shape[2:])).float()

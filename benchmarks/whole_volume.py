@@ -6,7 +6,7 @@ voxels per second and peak memory, our pipeline vs the same pipeline with MONAI'
 Both use the CT preset (RAS, 1.5 x 1.5 x 2 mm, HU window), a 96^3 Gaussian sliding window with overlap 0.25, the
 inverse of the preprocessing and a NIfTI writer; only the network, precision/layout and allocator differ: ours =
 medattn3d AttentionUNet under PrecisionInferer as the bundles' inference.json runs it (precision auto: bf16 and bf16
-weights on a CPU with native bf16, else fp32; channels-last, BatchNorm folded, in-place activations), in a process
+weights where bf16 beats fp32 here, else fp32; channels-last, BatchNorm folded, in-place activations), in a process
 with ``tune_cpu_allocator()`` applied as the medattn3d CLI and bundles do; peer = monai.networks.nets.AttentionUnet
 at the same widths in fp32 (MONAI's default), default allocator; a third row gives the peer our allocator setting
 too, to show that setting's share. Weights are random: this measures speed, not accuracy. Each pipeline runs in a

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch import nn
 
 from medattn3d.engine.conv_guard import ShallowConv3dInFp32
 
+LOGGER = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -68,24 +70,27 @@ def cpu_prefers_bf16() -> bool:
 
 @functools.cache
 def measured_bf16_speedup() -> float:
-    """:func:`bf16_matmul_speedup`, probed once per process."""
-    return bf16_matmul_speedup()
+    """:func:`bf16_matmul_speedup`, probed once per process (the first time ``auto`` is resolved on such a CPU) and
+    logged; an explicit ``fp32`` never probes, an explicit ``bf16`` only for its warning."""
+    speedup = bf16_matmul_speedup()
+    choice = "bf16" if speedup >= BF16_SPEEDUP_NEEDED else "fp32"
+    LOGGER.info("bf16 matmuls run at %.2fx fp32's rate on this CPU: precision auto = %s", speedup, choice)
+    return speedup
 
 
 def bf16_matmul_speedup(size: int = 768, repeats: int = 5) -> float:
     """How many times faster a ``size``^2 matmul runs in bf16 than in fp32 here, best of ``repeats`` each,
     interleaved so a neighbour's load hits both alike (about 0.1 s on a 2-core AVX-512 VM)."""
-    operands = {
-        dtype: (torch.rand(size, size, dtype=dtype), torch.rand(size, size, dtype=dtype)) for dtype in PROBE_DTYPES
-    }
     best = dict.fromkeys(PROBE_DTYPES, float("inf"))
-    for dtype in PROBE_DTYPES:  # first calls pick and warm up the kernels
-        torch.mm(*operands[dtype])
-    for _ in range(repeats):
-        for dtype in PROBE_DTYPES:
-            start = time.perf_counter()
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):  # a caller's autocast must not turn fp32 into bf16
+        operands = {dtype: (torch.rand(size, size, dtype=dtype), torch.rand(size, size, dtype=dtype)) for dtype in best}
+        for dtype in PROBE_DTYPES:  # first calls pick and warm up the kernels
             torch.mm(*operands[dtype])
-            best[dtype] = min(best[dtype], time.perf_counter() - start)
+        for _ in range(repeats):
+            for dtype in PROBE_DTYPES:
+                start = time.perf_counter()
+                torch.mm(*operands[dtype])
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
     return best[torch.float32] / best[torch.bfloat16]
 
 
@@ -104,9 +109,8 @@ def _warn_slow_bf16() -> None:
     capability = torch.backends.cpu.get_cpu_capability()
     if cpu_supports_bf16():
         warnings.warn(
-            f"precision 'bf16' on a CPU that computes bf16 no faster than fp32 ({capability} with AVX512-BF16 but "
-            f"no AMX: a bf16 matmul ran at {measured_bf16_speedup():.2f}x fp32's rate here); precision 'auto' (or "
-            "'fp32') runs fp32 on this CPU",
+            f"precision 'bf16' on a CPU that computes bf16 no faster than fp32 ({capability}: a bf16 matmul ran at "
+            f"{measured_bf16_speedup():.2f}x fp32's rate here); precision 'auto' (or 'fp32') runs fp32 on this CPU",
             UserWarning,
             stacklevel=3,
         )
@@ -129,8 +133,8 @@ INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 def cpu_has_int8_dot_product() -> bool:
     """True when this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8), which OpenVINO's
-    INT8 models use: on such a CPU without native bf16 an INT8 window ran 3.2x faster than OpenVINO fp32
-    (docs/benchmarks.md, round 5)."""
+    INT8 models use: on such CPUs, where the bundles ran fp32, an INT8 window ran 2.45-3.2x faster than OpenVINO
+    fp32 (docs/benchmarks.md, rounds 5 and 9)."""
     flags = _cpu_flags() or {}
     return any(flags.get(name, False) for name in INT8_DOT_PRODUCT_FLAGS)
 

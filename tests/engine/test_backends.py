@@ -105,11 +105,11 @@ def test_smallest_trace_window_is_each_axis_stated_multiple():
     from medattn3d.networks import MultiScaleGuidedAttentionNet
 
     unet = AttentionUNet(3, 1, 2, **SMALL)  # strides 2, 2, 2: multiples of 8
-    assert smallest_trace_window(unet, torch.zeros(1, 2, 96, 64, 24)) == (1, 2, 8, 8, 8)
+    assert smallest_trace_window(unet, torch.zeros(1, 2, 96, 64, 24)) == (8, 8, 8)
     assert smallest_trace_window(unet, torch.zeros(1, 1, 8, 8, 8)) is None  # already the smallest
     assert smallest_trace_window(unet, torch.zeros(1, 1, 96, 60, 24)) is None  # not a whole number of them
     guided = MultiScaleGuidedAttentionNet(2, 1, 2, backbone="resnet10", backbone_widths=(8, 16, 16, 32))
-    assert smallest_trace_window(guided, torch.zeros(1, 1, 96, 64)) == (1, 1, 32, 32)
+    assert smallest_trace_window(guided, torch.zeros(1, 1, 96, 64)) == (32, 32)
     assert smallest_trace_window(torch.nn.Conv3d(1, 2, 3), torch.zeros(1, 1, 32, 32, 32)) is None  # states none
 
 
@@ -129,8 +129,8 @@ def test_openvino_traces_at_the_smallest_window_and_falls_back_when_it_disagrees
 
     checks = []
 
-    def judged(model, network, example):
-        checks.append(check(model, network, example))  # the real check, on a model that does agree
+    def judged(model, network, example, threads=None):
+        checks.append(check(model, network, example, threads))  # the real check, on a model that does agree
         return agrees and checks[-1]
 
     monkeypatch.setattr(backends, "_trace_openvino", spy)
@@ -145,6 +145,31 @@ def test_openvino_traces_at_the_smallest_window_and_falls_back_when_it_disagrees
     assert checks == [True]
     assert traced == ([(8, 8, 8)] if agrees else [(8, 8, 8), (32, 24, 16)])
     assert got.shape == expected.shape and (got - expected).abs().max() < 1e-3 * max(1.0, float(expected.abs().max()))
+
+
+def test_a_network_that_cannot_run_at_its_smallest_window_is_traced_at_the_real_one(monkeypatch):
+    """Instance norm refuses the one-voxel deepest map of the smallest window: the shortcut fails, and the
+    network is converted at the real window instead, serving PyTorch's output."""
+    pytest.importorskip("openvino")
+    from medattn3d.engine import backends
+
+    traced = []
+    trace = backends._trace_openvino
+
+    def spy(network, example, shape):
+        traced.append(tuple(example.shape[2:]))
+        return trace(network, example, shape)
+
+    monkeypatch.setattr(backends, "_trace_openvino", spy)
+    monkeypatch.setenv("MEDATTN3D_CACHE_DIR", "")
+    torch.manual_seed(0)
+    net = AttentionUNet(3, 1, 2, norm="instance", **SMALL).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+        got = RuntimeNetwork(net, "openvino", precision="fp32")(x)
+    assert traced == [(8, 8, 8), (16, 16, 16)]
+    assert (got - expected).abs().max() < 1e-3 * max(1.0, float(expected.abs().max()))
 
 
 def test_a_reshaped_model_of_other_weights_is_rejected():

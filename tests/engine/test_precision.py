@@ -92,6 +92,7 @@ def measured(speedup: float | None):
         ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, 2.4, torch.bfloat16),  # AMD EPYC (round 7)
         ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, 0.5, None),  # Intel, AMX hidden (round 9)
         ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, 1.1, None),  # not clearly faster: fp32
+        ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, 1.2, torch.bfloat16),  # the threshold itself
         ({"avx2": True, "amx_bf16": True}, None, torch.bfloat16),  # AMX: always, no probe
     ],
 )
@@ -109,22 +110,25 @@ def test_auto_picks_bf16_only_where_it_beats_fp32(monkeypatch, flags, speedup, e
     assert autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for by name: always honoured
 
 
-def test_bf16_probe_times_both_dtypes_on_this_cpu(monkeypatch):
-    """The probe multiplies the same shapes in fp32 and bf16 and returns the ratio of their best times."""
+def test_bf16_probe_is_fp32_time_over_bf16_time_of_the_same_product(monkeypatch):
+    """On a clock that a bf16 product advances by 1 and an fp32 one by 2.5 the probe reads 2.5x, whatever an
+    enclosing autocast says; every product multiplies two operands of the same dtype and shape."""
     import medattn3d.engine.precision as precision
 
+    now = [0.0]
     seen = []
-    real_mm = torch.mm
 
-    def recording_mm(a, b):
-        seen.append((a.dtype, tuple(a.shape), b.dtype))
-        return real_mm(a, b)
+    def clocked_mm(a, b):
+        seen.append((a.dtype, b.dtype, tuple(a.shape)))
+        now[0] += 2.5 if a.dtype == torch.float32 else 1.0
+        return a
 
-    monkeypatch.setattr(torch, "mm", recording_mm)
-    speedup = precision.bf16_matmul_speedup(size=64, repeats=3)
-    assert 0 < speedup < float("inf")
-    assert {dtype for dtype, _, _ in seen} == {torch.float32, torch.bfloat16}
-    assert all(a == b and shape == (64, 64) for a, shape, b in seen) and len(seen) == 2 * (1 + 3)
+    monkeypatch.setattr(torch, "mm", clocked_mm)
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: now[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert precision.bf16_matmul_speedup(size=64, repeats=3) == pytest.approx(2.5)
+    assert len(seen) == 2 * (1 + 3) and {a for a, _, _ in seen} == {torch.float32, torch.bfloat16}
+    assert all(a == b and shape == (64, 64) for a, b, shape in seen)
 
 
 def test_bf16_by_name_on_a_cpu_without_native_bf16_warns_once(monkeypatch):
