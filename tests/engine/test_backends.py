@@ -67,9 +67,9 @@ def test_openvino_f32_serves_the_guided_network_with_unpadded_attention(spatial_
     traced_pads = []
     convert = backends._convert_openvino
 
-    def spy(network, example, unpadded_attention=False):
+    def spy(network, example, unpadded_attention=False, threads=None):
         traced_pads.append(unpadded_attention)
-        return convert(network, example, unpadded_attention)
+        return convert(network, example, unpadded_attention, threads)
 
     monkeypatch.setattr(backends, "_convert_openvino", spy)
     x = torch.randn(1, 1, *([32] * spatial_dims))
