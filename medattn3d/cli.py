@@ -486,6 +486,7 @@ BUNDLE_HELP = "a shipped bundle's name, or a bundle folder given as a path (./my
 
 def _bundle(p: argparse.ArgumentParser, default: str | None = "attention_unet_3d") -> None:
     p.add_argument("--bundle", default=default, help=BUNDLE_HELP + f" (default: {default})")
+    p.set_defaults(bundle_checked_first=True)
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -634,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; returns the exit status (2 for bad input, 1 for other failures)."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "bundle_checked_first", False) and args.bundle is not None:
+            from medattn3d.bundles import resolve_bundle
+
+            resolve_bundle(args.bundle)  # a wrong name or folder is told before MONAI's seconds of imports
         return int(args.func(args) or 0)
     except Exception as err:
         if args.debug:

@@ -33,6 +33,21 @@ def test_unknown_names_and_non_bundle_folders_are_refused_in_one_line(tmp_path, 
     assert len(err) == 1 and "unet9: no such bundle (known: attention_unet_2d, attention_unet_3d" in err[0]
 
 
+def test_a_wrong_bundle_is_told_before_monai_is_imported(tmp_path):
+    """The bundle is checked first: a typo costs no MONAI import (seconds) before its one-line error."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from medattn3d.cli import main; "
+        "rc = main(['infer', '--bundle', 'unet9', '-i', 'a.nii.gz', '-o', 'out']); "
+        "print('monai imported:', 'monai' in sys.modules); sys.exit(rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "monai imported: False" in done.stdout
+    assert "unet9: no such bundle" in done.stderr and not (tmp_path / "out").exists()
+
+
 def test_is_shipped_tells_shipped_bundles_from_planned_ones(tiny_bundle):
     assert bundles.is_shipped(bundles.shipped_bundles_dir() / "attention_unet_2d")
     assert not bundles.is_shipped(tiny_bundle)
