@@ -28,7 +28,7 @@ import contextlib
 import os
 import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -90,7 +90,9 @@ def flatten(output: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
     return [output] if isinstance(output, torch.Tensor) else list(output)
 
 
-def cases(shape_name: str, loss_name: str) -> list[tuple[str, Callable[[], None], float]]:
+def cases(
+    shape_name: str, loss_name: str, also_precisions: Sequence[str] = ()
+) -> list[tuple[str, Callable[[], None], float]]:
     """(name, step, GFLOP of forward + backward); the first is the reference."""
     from monai.inferers import SimpleInferer
     from monai.losses import DeepSupervisionLoss, DiceCELoss
@@ -125,6 +127,15 @@ def cases(shape_name: str, loss_name: str) -> list[tuple[str, Callable[[], None]
         loss_of(inferer(x, ours.train())).backward()
         ours.zero_grad(set_to_none=True)
 
+    def ours_step_in(precision: str) -> Callable[[], None]:
+        forced = PrecisionInferer(SimpleInferer(), precision, channels_last=True)
+
+        def step() -> None:
+            loss_of(forced(x, ours.train())).backward()
+            ours.zero_grad(set_to_none=True)
+
+        return step
+
     def ours_before_step() -> None:
         with as_before():
             ours_step()
@@ -138,6 +149,7 @@ def cases(shape_name: str, loss_name: str) -> list[tuple[str, Callable[[], None]
     ours_entries = [
         ("ours AttentionUNet as its bundle trains it", ours_step, ours_gflop),
         ("ours as before round 4 (torch.cat, oneDNN weight gradients)", ours_before_step, ours_gflop),
+        *((f"ours AttentionUNet, precision {name}", ours_step_in(name), ours_gflop) for name in also_precisions),
     ]
     if bf16_skip_reason():  # no bf16 vector kernels: MONAI's fp32 default is the only peer a user has
         return [("MONAI AttentionUnet fp32 (its default; reference)", monai_fp32_step, monai_gflop), *ours_entries]
@@ -162,6 +174,12 @@ def main() -> None:
         help="'tuned': medattn3d.engine.tune_cpu_allocator() first, as the bundle's training does (applies to every "
         "candidate of this process)",
     )
+    parser.add_argument(
+        "--also-precisions",
+        nargs="*",
+        default=[],
+        help="extra rows: ours trained in these precisions (fp32, bf16), next to 'as its bundle trains it' (auto)",
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -177,7 +195,7 @@ def main() -> None:
     for shape_name in args.shapes:
         if reason := bf16_skip_reason():
             rows.append({"shape": shape_name, "net": MONAI_BF16.removesuffix(" (reference)"), "skipped": reason})
-        entries = cases(shape_name, args.loss)
+        entries = cases(shape_name, args.loss, args.also_precisions)
         times: dict[str, list[float]] = {name: [] for name, _, _ in entries}
         for _ in range(args.rounds):
             for name, step, _ in entries:
